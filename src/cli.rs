@@ -1,0 +1,77 @@
+//! The command line (clap derive). All help text lives here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Mirrors a Spack OCI build cache into a ready Spack v3 file:// mirror.
+///
+/// spack-mirrord reads a build cache that Spack pushed to an OCI registry
+/// (`oci://ghcr.io/spack/github-actions-buildcache`), downloads and verifies every
+/// blob, and publishes a directory that offline machines use with
+/// `spack mirror add --unsigned local file:///ROOT`.
+#[derive(Debug, Parser)]
+#[command(name = "spack-mirrord", version, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "SPACK_MIRRORD_CONFIG",
+        default_value = crate::config::DEFAULT_PATH,
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile the mirror with the registry.
+    ///
+    /// With --now, runs one sync in the foreground and exits 0 only when the
+    /// mirror is complete and published (1 when some specs failed or the run
+    /// failed, 75 when --no-wait finds another sync running, 130 when
+    /// interrupted).
+    Sync {
+        /// Run the sync here and now, in the foreground.
+        #[arg(long)]
+        now: bool,
+        /// Re-check the manifest digest of every known tag, not only new ones.
+        #[arg(long)]
+        full: bool,
+        /// Fail at once (exit 75) instead of waiting when another sync holds the lock.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the last run and the mirror's totals, read from the ledger.
+    ///
+    /// Works while a sync runs and before the first one; never waits for a lock.
+    Status {
+        /// Print JSON (schema in README.md) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print it as it takes effect
+    /// (defaults, then the file, then `SPACK_MIRRORD_*` variables), secrets redacted.
+    Check,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

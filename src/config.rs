@@ -1,0 +1,533 @@
+//! Configuration: what a user can write (`FileConfig`, serde, unknown keys refused) and what the
+//! program runs on (`Config`, validated and typed). `load` is the only I/O: figment merges the
+//! defaults, the TOML file and `SPACK_MIRRORD_<SECTION>__<KEY>` variables, then the pure
+//! `validate` turns the result into a `Config`. This is the only module that reads the
+//! environment.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::RepoRef;
+
+/// Where the configuration comes from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/spack-mirrord/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "config file {path} cannot be read; create it (see config.example.toml) or name another with --config"
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Box<figment::Error>,
+    },
+    #[error("config file {path}: key `{key}` {reason}")]
+    Key {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+    #[error("config file {path}: password file {file} (source.password_file) cannot be read")]
+    PasswordFile {
+        path: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The file as written. Every section and key is optional except `source.url`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub source: FileSource,
+    pub mirror: FileMirror,
+    pub state: FileState,
+    pub sync: FileSync,
+    pub log: FileLog,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSource {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileMirror {
+    pub root: PathBuf,
+}
+
+impl Default for FileMirror {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/spack-mirrord/mirror"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileState {
+    pub dir: PathBuf,
+}
+
+impl Default for FileState {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/spack-mirrord/state"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSync {
+    pub concurrency: i64,
+    pub schedule: String,
+    pub on_start: bool,
+}
+
+impl Default for FileSync {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            schedule: "0 0 */2 * * *".to_owned(),
+            on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLog {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+/// A secret that never shows in `Debug`, logs or `config check`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How the registry is asked for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Anonymous,
+    Basic {
+        username: String,
+        password: Secret,
+        /// Where the password came from, for `config check` and error messages.
+        origin: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration the program runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub source: RepoRef,
+    pub credentials: Credentials,
+    pub mirror_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub concurrency: usize,
+    pub schedule: cron::Schedule,
+    pub schedule_text: String,
+    pub on_start: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// What `load` takes from the environment besides the `SPACK_MIRRORD_` variables.
+#[derive(Debug, Clone, Default)]
+pub struct Ambient {
+    pub github_token: Option<Secret>,
+}
+
+/// Reads the file and the environment and validates the result.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    if let Err(source) = std::fs::File::open(path) {
+        return Err(Error::Unreadable {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    let file: FileConfig = Figment::from(Serialized::defaults(FileConfig::default()))
+        .merge(Toml::file_exact(path))
+        .merge(
+            Env::prefixed("SPACK_MIRRORD_")
+                .ignore(&["config"])
+                .split("__"),
+        )
+        .extract()
+        .map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config.rs is the one reader of the environment; GITHUB_TOKEN is the one secret taken from it (decisions.md 17)"
+    )]
+    let github_token = std::env::var("GITHUB_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Secret);
+    let password = match &file.source.password_file {
+        Some(p) => {
+            let p = resolve(path, p);
+            let text = std::fs::read_to_string(&p).map_err(|source| Error::PasswordFile {
+                path: path.to_owned(),
+                file: p.clone(),
+                source,
+            })?;
+            Some((p, strip_one_newline(text)))
+        }
+        None => None,
+    };
+    validate(path, file, password, &Ambient { github_token })
+}
+
+fn strip_one_newline(mut s: String) -> String {
+    if s.ends_with("\r\n") {
+        s.truncate(s.len() - 2);
+    } else if s.ends_with('\n') {
+        s.truncate(s.len() - 1);
+    }
+    s
+}
+
+/// Relative paths in the file are taken relative to the file's directory.
+fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        config_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(p)
+    }
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per key, in file order, reads best as one list"
+)]
+/// Turns what was written into what runs. Pure: `password` is the content of
+/// `source.password_file` (already read), `ambient` what the environment said.
+pub fn validate(
+    path: &Path,
+    file: FileConfig,
+    password: Option<(PathBuf, String)>,
+    ambient: &Ambient,
+) -> Result<Config, Error> {
+    let key_err = |key: &'static str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key,
+        reason,
+    };
+    let url = file.source.url.as_deref().ok_or_else(|| {
+        key_err(
+            "source.url",
+            "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\"".to_owned(),
+        )
+    })?;
+    let source: RepoRef = url
+        .parse()
+        .map_err(|e: crate::model::Error| key_err("source.url", e.to_string()))?;
+
+    let credentials = match (file.source.username, password) {
+        (Some(username), Some((file, password))) => Credentials::Basic {
+            username,
+            password: Secret(password),
+            origin: format!("source.password_file {}", file.display()),
+        },
+        (None, Some(_)) => {
+            return Err(key_err(
+                "source.username",
+                "is missing; source.password_file needs a user name".to_owned(),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(key_err(
+                "source.password_file",
+                "is missing; source.username needs a password file".to_owned(),
+            ));
+        }
+        (None, None) => match &ambient.github_token {
+            Some(token) if source.registry == "ghcr.io" => Credentials::Basic {
+                username: "token".to_owned(),
+                password: token.clone(),
+                origin: "GITHUB_TOKEN".to_owned(),
+            },
+            _ => Credentials::Anonymous,
+        },
+    };
+
+    let concurrency = usize::try_from(file.sync.concurrency)
+        .ok()
+        .filter(|c| (1..=256).contains(c))
+        .ok_or_else(|| {
+            key_err(
+                "sync.concurrency",
+                format!("is {}; it must be between 1 and 256", file.sync.concurrency),
+            )
+        })?;
+    let schedule = cron::Schedule::from_str(&file.sync.schedule).map_err(|e| {
+        key_err(
+            "sync.schedule",
+            format!(
+                "{:?} is not a cron expression with seconds (e.g. \"0 0 */2 * * *\"): {e}",
+                file.sync.schedule
+            ),
+        )
+    })?;
+    let log_format = match file.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(key_err(
+                "log.format",
+                format!("is {other:?}; it must be \"text\" or \"json\""),
+            ));
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
+        return Err(key_err(
+            "log.level",
+            format!(
+                "{:?} is not a level or filter (error, warn, info, debug, trace)",
+                file.log.level
+            ),
+        ));
+    }
+    let mirror_root = resolve(path, &file.mirror.root);
+    let state_dir = resolve(path, &file.state.dir);
+    if mirror_root == state_dir
+        || mirror_root.starts_with(&state_dir)
+        || state_dir.starts_with(&mirror_root)
+    {
+        return Err(key_err(
+            "state.dir",
+            format!(
+                "{} must not be inside mirror.root {} or contain it",
+                state_dir.display(),
+                mirror_root.display()
+            ),
+        ));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        source,
+        credentials,
+        mirror_root,
+        state_dir,
+        concurrency,
+        schedule,
+        schedule_text: file.sync.schedule,
+        on_start: file.sync.on_start,
+        log_level: file.log.level,
+        log_format,
+    })
+}
+
+/// The effective configuration as `config check` shows it: TOML, secrets redacted.
+#[derive(Debug, Serialize)]
+pub struct Effective {
+    pub source: EffectiveSource,
+    pub mirror: FileMirror,
+    pub state: FileState,
+    pub sync: EffectiveSync,
+    pub log: FileLog,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EffectiveSource {
+    pub url: String,
+    pub credentials: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EffectiveSync {
+    pub concurrency: usize,
+    pub schedule: String,
+    pub on_start: bool,
+}
+
+impl Config {
+    pub fn effective(&self) -> Effective {
+        Effective {
+            source: EffectiveSource {
+                url: self.source.to_string(),
+                credentials: match &self.credentials {
+                    Credentials::Anonymous => "anonymous".to_owned(),
+                    Credentials::Basic {
+                        username, origin, ..
+                    } => format!("user {username}, password from {origin} (redacted)"),
+                },
+            },
+            mirror: FileMirror {
+                root: self.mirror_root.clone(),
+            },
+            state: FileState {
+                dir: self.state_dir.clone(),
+            },
+            sync: EffectiveSync {
+                concurrency: self.concurrency,
+                schedule: self.schedule_text.clone(),
+                on_start: self.on_start,
+            },
+            log: FileLog {
+                level: self.log_level.clone(),
+                format: match self.log_format {
+                    LogFormat::Text => "text".to_owned(),
+                    LogFormat::Json => "json".to_owned(),
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(url: &str) -> FileConfig {
+        let mut f = FileConfig::default();
+        f.source.url = Some(url.to_owned());
+        f
+    }
+
+    fn check(f: FileConfig) -> Result<Config, Error> {
+        validate(
+            Path::new("/etc/x/config.toml"),
+            f,
+            None,
+            &Ambient::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_with_a_url_validate() {
+        let c = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
+        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.mirror_root, Path::new("/var/lib/spack-mirrord/mirror"));
+        assert_eq!(c.credentials, Credentials::Anonymous);
+        assert!(c.on_start);
+    }
+
+    #[test]
+    fn missing_url_names_the_key() {
+        let err = check(FileConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("source.url"), "{err}");
+        assert!(err.contains("/etc/x/config.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut f = file("oci://ghcr.io/a/b");
+        f.sync.concurrency = 0;
+        assert!(
+            check(f)
+                .unwrap_err()
+                .to_string()
+                .contains("sync.concurrency")
+        );
+        let mut f = file("oci://ghcr.io/a/b");
+        f.sync.schedule = "*/5 * * * *".to_owned();
+        assert!(check(f).unwrap_err().to_string().contains("sync.schedule"));
+        let mut f = file("oci://ghcr.io/a/b");
+        f.log.format = "xml".to_owned();
+        assert!(check(f).unwrap_err().to_string().contains("log.format"));
+        let err = check(file("https://ghcr.io/a/b")).unwrap_err().to_string();
+        assert!(err.contains("source.url"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_directory() {
+        let mut f = file("oci+http://127.0.0.1:5000/c");
+        f.mirror.root = PathBuf::from("mirror");
+        f.state.dir = PathBuf::from("state");
+        let c = check(f).unwrap();
+        assert_eq!(c.mirror_root, Path::new("/etc/x/mirror"));
+        assert_eq!(c.state_dir, Path::new("/etc/x/state"));
+    }
+
+    #[test]
+    fn state_dir_inside_the_mirror_is_refused() {
+        let mut f = file("oci://ghcr.io/a/b");
+        f.mirror.root = PathBuf::from("/srv/m");
+        f.state.dir = PathBuf::from("/srv/m/state");
+        assert!(check(f).unwrap_err().to_string().contains("state.dir"));
+    }
+
+    #[test]
+    fn github_token_is_used_for_ghcr_only_and_never_shown() {
+        let ambient = Ambient {
+            github_token: Some(Secret("ghp_secret".to_owned())),
+        };
+        let p = Path::new("/c.toml");
+        let c = validate(p, file("oci://ghcr.io/a/b"), None, &ambient).unwrap();
+        assert!(matches!(c.credentials, Credentials::Basic { .. }));
+        let shown = format!("{c:?} {:?}", c.effective());
+        assert!(!shown.contains("ghp_secret"), "{shown}");
+        let c = validate(p, file("oci://quay.io/a/b"), None, &ambient).unwrap();
+        assert_eq!(c.credentials, Credentials::Anonymous);
+    }
+
+    #[test]
+    fn password_file_needs_a_username() {
+        let p = Path::new("/c.toml");
+        let pw = Some((PathBuf::from("/pw"), "s".to_owned()));
+        let err = validate(p, file("oci://ghcr.io/a/b"), pw, &Ambient::default()).unwrap_err();
+        assert!(err.to_string().contains("source.username"));
+    }
+
+    #[test]
+    fn one_trailing_newline_is_stripped_from_passwords() {
+        assert_eq!(strip_one_newline("pw\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\r\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\n\n".to_owned()), "pw\n");
+    }
+}

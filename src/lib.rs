@@ -1,0 +1,22 @@
+//! spack-mirrord mirrors a Spack build cache from an OCI registry into a Spack v3 `file://`
+//! mirror. See ARCHITECTURE.md for the module map, one sync step by step, and the invariants.
+//!
+//! Pure core: `model`, `spack`, `plan`, `demo`. Edges, one owner each: `registry` (HTTP),
+//! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment).
+//! `sync` applies plans; `commands` is the only module that prints.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod lock;
+pub mod logging;
+pub mod mirror;
+pub mod model;
+pub mod plan;
+pub mod registry;
+pub mod spack;
+pub mod status;
+pub mod store;
+pub mod sync;

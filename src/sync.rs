@@ -1,0 +1,811 @@
+//! One sync run: applies the plans of `plan` using `registry`, `mirror` and `store`. It is the
+//! only module that combines the edges. It decides *how* a run goes; when runs happen is the
+//! caller's business (`sync --now`, the daemon).
+//!
+//! Order within a run (spack-formats.md §5.4): tarball blobs, spec blobs, spec manifests, then
+//! the index blob and `index.manifest.json`, then `v3/layout.json`. A ledger row is written
+//! only after its file was renamed into place. Failures of single specs are recorded and the
+//! run goes on; only a failure that stops the whole run (registry unreachable, credentials,
+//! disk) makes it `failed`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::lock::{self, RunLock};
+use crate::mirror::{self, Mirror};
+use crate::model::{Digest, Tag};
+use crate::plan::{self, IndexSource, RegistryIndex};
+use crate::registry::{self, RegistryClient};
+use crate::spack::{self, ConfigVerdict, SpecConfig, SpecImage};
+use crate::store::{self, FileRow, Outcome, RegistryIndexRow, RunCounts, SpecRow, Store};
+
+/// Largest config blob accepted (a spec with its whole DAG).
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+/// Largest index blob accepted from the registry.
+const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Why a run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    Start,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Schedule => "schedule",
+            Self::Start => "start",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub trigger: Trigger,
+    /// Re-check the manifest digest of every known tag (`sync --now --full`).
+    pub full: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub run_id: i64,
+    pub outcome: Outcome,
+    pub counts: RunCounts,
+    pub error: Option<String>,
+    pub problems: Vec<store::Problem>,
+    pub elapsed_ms: u64,
+}
+
+/// An error that ends the run as `failed`, with its chain rendered for the ledger.
+struct Fatal(String);
+
+impl<E: std::error::Error> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Self(error_chain(&e))
+    }
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A spec tag whose manifest and config were fetched and checked.
+struct Candidate {
+    tag: Tag,
+    manifest_digest: Digest,
+    image: SpecImage,
+    spec: SpecConfig,
+}
+
+#[expect(
+    clippy::struct_field_names,
+    reason = "run_id is the name used in every log field and table"
+)]
+struct Run<'a> {
+    config: &'a Config,
+    store: Store,
+    registry: Arc<RegistryClient>,
+    mirror: Mirror,
+    run_id: i64,
+    counts: RunCounts,
+    cancel: &'a CancellationToken,
+    /// Files the ledger says were published, by relative path.
+    files: HashMap<String, FileRow>,
+}
+
+/// Runs one sync. The caller holds the run lock for its whole length.
+pub async fn run(
+    config: &Config,
+    _lock: &RunLock,
+    opts: Options,
+    cancel: &CancellationToken,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let store = Store::open(&config.state_dir)?;
+    let run_id = store.start_run(
+        opts.trigger.as_str(),
+        std::process::id(),
+        now(),
+        lock::process_alive,
+    )?;
+    let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());
+    let _enter = span.enter();
+    tracing::info!(source = %config.source, mirror = %config.mirror_root.display(), "sync started");
+
+    let setup = || -> Result<(Mirror, RegistryClient), Fatal> {
+        let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
+        let registry = RegistryClient::new(&config.source, &config.credentials)?;
+        Ok((mirror, registry))
+    };
+    let (mirror, registry) = match setup() {
+        Ok(v) => v,
+        Err(Fatal(msg)) => {
+            return finish(
+                &store,
+                run_id,
+                Outcome::Failed,
+                &RunCounts::default(),
+                Some(msg),
+                started,
+            );
+        }
+    };
+    let mut run = Run {
+        config,
+        files: store.files()?,
+        store,
+        registry: Arc::new(registry),
+        mirror,
+        run_id,
+        counts: RunCounts::default(),
+        cancel,
+    };
+    let result = run.execute(opts).await;
+    let (outcome, error) = match result {
+        Ok(()) if cancel.is_cancelled() => (Outcome::Cancelled, Some("cancelled".to_owned())),
+        Ok(()) if run.counts.specs_failed > 0 => (Outcome::Partial, None),
+        Ok(()) => (Outcome::Success, None),
+        Err(Fatal(msg)) if cancel.is_cancelled() => (Outcome::Cancelled, Some(msg)),
+        Err(Fatal(msg)) => (Outcome::Failed, Some(msg)),
+    };
+    finish(&run.store, run_id, outcome, &run.counts, error, started)
+}
+
+fn finish(
+    store: &Store,
+    run_id: i64,
+    outcome: Outcome,
+    counts: &RunCounts,
+    error: Option<String>,
+    started: Instant,
+) -> Result<Report, Error> {
+    store.finish_run(run_id, outcome, counts, error.as_deref(), now())?;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let problems = store.problems(run_id)?;
+    if outcome == Outcome::Success {
+        tracing::info!(
+            outcome = outcome.as_str(),
+            specs_total = counts.specs_total,
+            specs_fetched = counts.specs_fetched,
+            blobs_fetched = counts.blobs_fetched,
+            bytes = counts.bytes_fetched,
+            elapsed_ms,
+            "sync finished"
+        );
+    } else {
+        tracing::warn!(
+            outcome = outcome.as_str(),
+            specs_total = counts.specs_total,
+            specs_fetched = counts.specs_fetched,
+            specs_failed = counts.specs_failed,
+            blobs_fetched = counts.blobs_fetched,
+            bytes = counts.bytes_fetched,
+            error = error.as_deref().unwrap_or(""),
+            elapsed_ms,
+            "sync finished"
+        );
+    }
+    Ok(Report {
+        run_id,
+        outcome,
+        counts: counts.clone(),
+        error,
+        problems,
+        elapsed_ms,
+    })
+}
+
+impl Run<'_> {
+    fn fail_item(&mut self, tag: &str, message: &str) -> Result<(), Fatal> {
+        tracing::warn!(tag, error = message, "spec failed");
+        self.counts.specs_failed += 1;
+        self.store
+            .record_problem(self.run_id, tag, "failed", message)?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        Ok(())
+    }
+
+    fn skip_item(&mut self, tag: &str, reason: &str) -> Result<(), Fatal> {
+        tracing::warn!(tag, reason, "tag skipped: not a usable spec");
+        self.counts.specs_skipped += 1;
+        self.store
+            .record_problem(self.run_id, tag, "skipped", reason)?;
+        Ok(())
+    }
+
+    /// Whether a ledger-recorded file is present under the root with its recorded size.
+    fn is_intact(&self, path: &str) -> bool {
+        self.files
+            .get(path)
+            .is_some_and(|f| self.mirror.size_of(path) == Some(f.size))
+    }
+
+    fn record_file(
+        &mut self,
+        path: &str,
+        kind: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Fatal> {
+        let row = FileRow {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            digest: digest.to_string(),
+            size,
+        };
+        self.store.record_file(self.run_id, &row, now())?;
+        self.files.insert(path.to_owned(), row);
+        Ok(())
+    }
+
+    async fn execute(&mut self, opts: Options) -> Result<(), Fatal> {
+        self.registry.authenticate().await?;
+        let remote = self.registry.list_tags().await?;
+
+        let published = self.store.specs()?;
+        let intact_specs: Vec<&SpecRow> = published
+            .iter()
+            .filter(|s| {
+                self.is_intact(&s.manifest_path)
+                    && Digest::from_str_opt(&s.tarball_digest)
+                        .is_some_and(|d| self.is_intact(&spack::blob_path(&d)))
+                    && Digest::from_str_opt(&s.spec_digest)
+                        .is_some_and(|d| self.is_intact(&spack::blob_path(&d)))
+            })
+            .collect();
+        let intact_tags: HashSet<String> = intact_specs.iter().map(|s| s.tag.clone()).collect();
+        let mut plan = self.plan(&remote, &intact_tags, opts.full)?;
+
+        let changed = self.recheck(std::mem::take(&mut plan.recheck)).await?;
+        plan.fetch.extend(changed);
+
+        let candidates = self.fetch_specs(plan.fetch).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let ready = self.fetch_tarballs(candidates).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+
+        // Every spec the mirror can now serve, old and new, with what it needs.
+        let mut requires: BTreeMap<String, Vec<String>> = intact_specs
+            .iter()
+            .map(|s| (s.hash.clone(), s.requires.clone()))
+            .collect();
+        let mut spec_json: BTreeMap<String, String> = intact_specs
+            .iter()
+            .map(|s| (s.hash.clone(), s.spec_json.clone()))
+            .collect();
+        for c in &ready {
+            requires.insert(c.0.spec.hash.clone(), c.0.spec.requires.clone());
+            spec_json.insert(c.0.spec.hash.clone(), c.0.spec.spec_json.clone());
+        }
+        let installable = spack::installable(&requires);
+        for (c, spec_digest) in ready {
+            if installable.contains(&c.spec.hash) {
+                self.publish_spec(&c, &spec_digest).await?;
+            } else {
+                let missing: Vec<&str> = c
+                    .spec
+                    .requires
+                    .iter()
+                    .filter(|h| !installable.contains(*h))
+                    .map(String::as_str)
+                    .collect();
+                let msg = format!(
+                    "spec {}@{} needs {} which the mirror cannot serve; left out of the index",
+                    c.spec.name,
+                    c.spec.version,
+                    missing.join(", ")
+                );
+                self.fail_item(c.tag.as_str(), &msg)?;
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let jsons: Vec<&str> = installable
+            .iter()
+            .filter_map(|h| spec_json.get(h).map(String::as_str))
+            .collect();
+        self.publish_index(plan.has_index, &installable, &jsons)
+            .await?;
+        self.publish_layout().await
+    }
+
+    /// Sorts the listed tags against the ledger and records what was seen.
+    fn plan(
+        &mut self,
+        remote: &[String],
+        intact_tags: &HashSet<String>,
+        full: bool,
+    ) -> Result<plan::SyncPlan, Fatal> {
+        let known = self.store.known_tags()?;
+        let plan = plan::plan_sync(remote, &known, intact_tags, full);
+        self.counts.specs_total = plan.spec_tags.len() as u64;
+        self.counts.tags_ignored = plan.ignored.len() as u64;
+        for tag in &plan.ignored {
+            tracing::debug!(tag, "tag ignored: neither a spec nor the index");
+        }
+        let mut seen: Vec<(&str, &str)> = plan
+            .spec_tags
+            .iter()
+            .map(|t| (t.as_str(), "spec"))
+            .collect();
+        if plan.has_index {
+            seen.push((spack::INDEX_TAG, "index"));
+        }
+        seen.extend(
+            plan.ignored
+                .iter()
+                .filter(|t| t.parse::<Tag>().is_ok())
+                .map(|t| (t.as_str(), "other")),
+        );
+        self.store.touch_tags(self.run_id, seen)?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        tracing::info!(
+            spec_tags = plan.spec_tags.len(),
+            fetch = plan.fetch.len(),
+            recheck = plan.recheck.len(),
+            keep = plan.keep.len(),
+            ignored = plan.ignored.len(),
+            "tags listed"
+        );
+
+        Ok(plan)
+    }
+
+    /// `v3/layout.json`, written once.
+    async fn publish_layout(&mut self) -> Result<(), Fatal> {
+        if self.mirror.size_of(spack::LAYOUT_JSON_PATH).is_none() {
+            self.mirror
+                .write_file(spack::LAYOUT_JSON_PATH, spack::LAYOUT_JSON)
+                .await?;
+            let len = spack::LAYOUT_JSON.len() as u64;
+            self.record_file(
+                spack::LAYOUT_JSON_PATH,
+                "layout",
+                &Digest::of(spack::LAYOUT_JSON),
+                len,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `--full`: HEAD every known tag; those whose digest moved are fetched again.
+    async fn recheck(&mut self, tags: Vec<(Tag, String)>) -> Result<Vec<Tag>, Fatal> {
+        let registry = Arc::clone(&self.registry);
+        let mut results = futures_util::stream::iter(tags)
+            .map(move |(tag, digest)| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let now = registry.manifest_digest(tag.as_str()).await;
+                    (tag, digest, now)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut changed = Vec::new();
+        while let Some(Some((tag, old, now))) =
+            self.cancel.run_until_cancelled(results.next()).await
+        {
+            match now {
+                Ok(Some(d)) if d.as_str() == old => {}
+                Ok(_) => changed.push(tag),
+                Err(e) => self.fail_item(tag.as_str(), &error_chain(&e))?,
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Manifests and configs of the tags to fetch, checked against each other.
+    async fn fetch_specs(&mut self, tags: Vec<Tag>) -> Result<Vec<Candidate>, Fatal> {
+        let registry = Arc::clone(&self.registry);
+        let mut results = futures_util::stream::iter(tags)
+            .map(move |tag| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let r = fetch_spec(&registry, &tag).await;
+                    (tag, r)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut out = Vec::new();
+        while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
+            match r {
+                Ok(Fetched::Spec(c)) => out.push(*c),
+                Ok(Fetched::Skip(reason)) => self.skip_item(tag.as_str(), &reason)?,
+                Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
+                Err(ItemError::Item(msg)) => self.fail_item(tag.as_str(), &msg)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads the missing tarballs (each once) and writes the spec blobs. Returns the
+    /// candidates whose files are all in place, with their spec blob digest.
+    async fn fetch_tarballs(
+        &mut self,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<(Candidate, Digest)>, Fatal> {
+        let present: HashSet<Digest> = candidates
+            .iter()
+            .map(|c| &c.image.tarball.digest)
+            .filter(|d| self.is_intact(&spack::blob_path(d)))
+            .cloned()
+            .collect();
+        let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
+        tracing::info!(
+            blobs = jobs.len(),
+            bytes = jobs.iter().map(|j| j.size).sum::<u64>(),
+            "downloading tarballs"
+        );
+        let (registry, mirror) = (Arc::clone(&self.registry), self.mirror.clone());
+        let mut results = futures_util::stream::iter(jobs)
+            .map(move |d| {
+                let (registry, mirror) = (Arc::clone(&registry), mirror.clone());
+                async move {
+                    let r = download(&registry, &mirror, &d).await;
+                    (d, r)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut failed: HashMap<Digest, String> = HashMap::new();
+        while let Some(Some((d, r))) = self.cancel.run_until_cancelled(results.next()).await {
+            match r {
+                Ok(size) => {
+                    self.counts.blobs_fetched += 1;
+                    self.counts.bytes_fetched += size;
+                    self.record_file(&spack::blob_path(&d.digest), "tarball", &d.digest, size)?;
+                    self.store.update_counts(self.run_id, &self.counts)?;
+                    tracing::debug!(digest = %d.digest, bytes = size, "tarball stored");
+                }
+                Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
+                Err(ItemError::Item(msg)) => {
+                    tracing::warn!(digest = %d.digest, error = msg, "tarball rejected");
+                    failed.insert(d.digest.clone(), msg);
+                }
+            }
+        }
+        drop(results);
+        if self.cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let mut ready = Vec::new();
+        for c in candidates {
+            if let Some(msg) = failed.get(&c.image.tarball.digest) {
+                let msg = format!("tarball of {}: {msg}", c.tag);
+                self.fail_item(c.tag.as_str(), &msg)?;
+                continue;
+            }
+            let blob = spack::spec_blob(&c.spec);
+            let digest = Digest::of(&blob);
+            let path = spack::blob_path(&digest);
+            if !self.is_intact(&path) {
+                self.mirror.write_file(&path, &blob).await?;
+                self.record_file(&path, "spec_blob", &digest, blob.len() as u64)?;
+            }
+            ready.push((c, digest));
+        }
+        Ok(ready)
+    }
+
+    /// Writes the spec manifest (its blobs are in place) and records the spec.
+    async fn publish_spec(&mut self, c: &Candidate, spec_digest: &Digest) -> Result<(), Fatal> {
+        let spec = &c.spec;
+        let manifest_path = match spack::spec_manifest_path(&spec.name, &spec.version, &spec.hash) {
+            Ok(p) => p,
+            Err(e) => return self.fail_item(c.tag.as_str(), &error_chain(&e)),
+        };
+        let spec_path = spack::blob_path(spec_digest);
+        let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
+        let spec_record = spack::BlobRecord {
+            content_length: spec_size,
+            media_type: spack::MEDIA_SPEC,
+            compression: "gzip",
+            checksum: spec_digest.clone(),
+        };
+        let manifest = spack::spec_manifest(&spack::tarball_record(&c.image.tarball), &spec_record);
+        let manifest_digest = Digest::of(&manifest);
+        let unchanged = self.is_intact(&manifest_path)
+            && self
+                .files
+                .get(&manifest_path)
+                .is_some_and(|f| f.digest == manifest_digest.as_str());
+        if !unchanged {
+            self.mirror.write_file(&manifest_path, &manifest).await?;
+        }
+        let row = SpecRow {
+            hash: spec.hash.clone(),
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            arch: spec.arch.clone(),
+            tag: c.tag.to_string(),
+            manifest_path: manifest_path.clone(),
+            tarball_digest: c.image.tarball.digest.to_string(),
+            spec_digest: spec_digest.to_string(),
+            spec_json: spec.spec_json.clone(),
+            requires: spec.requires.clone(),
+        };
+        let file = FileRow {
+            path: manifest_path.clone(),
+            kind: "spec_manifest".to_owned(),
+            digest: manifest_digest.to_string(),
+            size: manifest.len() as u64,
+        };
+        self.store
+            .record_spec(self.run_id, &row, c.manifest_digest.as_str(), &file, now())?;
+        self.files.insert(manifest_path, file);
+        self.counts.specs_fetched += 1;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        tracing::debug!(tag = %c.tag, spec = %spec.name, hash = %spec.hash, "spec published");
+        Ok(())
+    }
+
+    /// Refreshes what the ledger knows of the registry's `index.spack` when its manifest
+    /// changed; returns the blob bytes when they were fetched in this run.
+    async fn refresh_registry_index(&mut self) -> Result<Option<Vec<u8>>, Fatal> {
+        let (manifest, digest) = match self.registry.fetch_manifest(spack::INDEX_TAG).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index unreadable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let known = self.store.registry_index()?;
+        if known
+            .as_ref()
+            .is_some_and(|k| k.manifest_digest == digest.as_str())
+        {
+            return Ok(None);
+        }
+        let layer = match spack::parse_index_manifest(&manifest) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index manifest unusable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let blob = match self
+            .registry
+            .fetch_small_blob(&layer.digest, MAX_INDEX_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index blob unreadable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let summary = spack::index_summary(&blob);
+        self.store.set_registry_index(&RegistryIndexRow {
+            manifest_digest: digest.to_string(),
+            blob_digest: layer.digest.to_string(),
+            blob_size: blob.len() as u64,
+            db_version: summary.as_ref().map(|s| s.db_version.clone()),
+            in_buildcache: summary
+                .map(|s| s.in_buildcache.into_iter().collect())
+                .unwrap_or_default(),
+        })?;
+        Ok(Some(blob))
+    }
+
+    /// Publishes the index of the installable specs: the registry's own blob when it lists
+    /// exactly them, otherwise a synthesized one. Old index blobs beyond the previous are removed.
+    async fn publish_index(
+        &mut self,
+        has_index: bool,
+        installable: &BTreeSet<String>,
+        jsons: &[&str],
+    ) -> Result<(), Fatal> {
+        let fetched = if has_index {
+            self.refresh_registry_index().await?
+        } else {
+            None
+        };
+        let registry_index = if has_index {
+            self.store.registry_index()?.and_then(|r| {
+                Some(RegistryIndex {
+                    blob: r.blob_digest.parse().ok()?,
+                    size: r.blob_size,
+                    db_version: r.db_version,
+                    in_buildcache: r.in_buildcache.into_iter().collect(),
+                })
+            })
+        } else {
+            None
+        };
+        let (blob_digest, blob_size, blob) =
+            match plan::choose_index(installable, registry_index.as_ref()) {
+                IndexSource::Registry { blob, size } => {
+                    let path = spack::blob_path(&blob);
+                    let bytes = if self.is_intact(&path) {
+                        None
+                    } else if let Some(b) = fetched.filter(|b| Digest::of(b) == blob) {
+                        Some(b)
+                    } else {
+                        Some(
+                            self.registry
+                                .fetch_small_blob(&blob, MAX_INDEX_BYTES)
+                                .await?,
+                        )
+                    };
+                    tracing::debug!(digest = %blob, "registry index fits the mirror; copying it");
+                    (blob, size, bytes)
+                }
+                IndexSource::Synthesize => {
+                    let bytes = spack::synthesize_index(jsons, installable)?;
+                    let digest = Digest::of(&bytes);
+                    let size = bytes.len() as u64;
+                    let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
+                    (digest, size, bytes)
+                }
+            };
+        let blob_path = spack::blob_path(&blob_digest);
+        if let Some(bytes) = blob {
+            self.mirror.write_file(&blob_path, &bytes).await?;
+            self.record_file(&blob_path, "index_blob", &blob_digest, blob_size)?;
+        }
+        let record = spack::BlobRecord {
+            content_length: blob_size,
+            media_type: spack::MEDIA_INDEX,
+            compression: "none",
+            checksum: blob_digest.clone(),
+        };
+        let manifest = spack::index_manifest(&record);
+        let manifest_digest = Digest::of(&manifest);
+        let path = spack::INDEX_MANIFEST_PATH;
+        let unchanged = self.is_intact(path)
+            && self
+                .files
+                .get(path)
+                .is_some_and(|f| f.digest == manifest_digest.as_str());
+        if unchanged {
+            return Ok(());
+        }
+        self.mirror.write_file(path, &manifest).await?;
+        self.record_file(
+            path,
+            "index_manifest",
+            &manifest_digest,
+            manifest.len() as u64,
+        )?;
+        // The blob is now the current one: it becomes the newest in the ledger.
+        self.record_file(&blob_path, "index_blob", &blob_digest, blob_size)?;
+        tracing::info!(specs = installable.len(), digest = %blob_digest, "index published");
+        for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
+            self.mirror.remove(&stale).await?;
+            self.store.forget_file(&stale)?;
+            self.files.remove(&stale);
+            tracing::debug!(path = stale, "old index blob removed");
+        }
+        Ok(())
+    }
+}
+
+enum Fetched {
+    Spec(Box<Candidate>),
+    Skip(String),
+}
+
+/// A failure of one item (the run goes on) or of the whole run.
+enum ItemError {
+    Item(String),
+    Fatal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<registry::Error> for ItemError {
+    fn from(e: registry::Error) -> Self {
+        match e {
+            registry::Error::Auth { .. } => Self::Fatal(Box::new(e)),
+            e => Self::Item(error_chain(&e)),
+        }
+    }
+}
+
+impl From<spack::Error> for ItemError {
+    fn from(e: spack::Error) -> Self {
+        Self::Item(error_chain(&e))
+    }
+}
+
+impl From<mirror::Error> for ItemError {
+    fn from(e: mirror::Error) -> Self {
+        if e.is_content() {
+            Self::Item(error_chain(&e))
+        } else {
+            Self::Fatal(Box::new(e))
+        }
+    }
+}
+
+async fn fetch_spec(registry: &RegistryClient, tag: &Tag) -> Result<Fetched, ItemError> {
+    let (manifest, manifest_digest) = registry.fetch_manifest(tag.as_str()).await?;
+    let image = spack::parse_image_manifest(&manifest)?;
+    if image.config.size > MAX_CONFIG_BYTES {
+        return Err(ItemError::Item(format!(
+            "config of {tag} is {} bytes, more than the {MAX_CONFIG_BYTES} accepted",
+            image.config.size
+        )));
+    }
+    let config = registry
+        .fetch_small_blob(&image.config.digest, MAX_CONFIG_BYTES)
+        .await?;
+    match spack::parse_config(&config)? {
+        ConfigVerdict::Skip { reason } => Ok(Fetched::Skip(reason)),
+        ConfigVerdict::Spec(spec) => {
+            spack::check_spec_image(tag, &image, &spec)?;
+            Ok(Fetched::Spec(Box::new(Candidate {
+                tag: tag.clone(),
+                manifest_digest,
+                image,
+                spec,
+            })))
+        }
+    }
+}
+
+/// Streams one tarball into the mirror, verified against its digest and size.
+async fn download(
+    registry: &RegistryClient,
+    mirror: &Mirror,
+    d: &spack::Descriptor,
+) -> Result<u64, ItemError> {
+    let mut body = registry.open_blob(&d.digest).await?;
+    let mut writer = mirror.blob_writer()?;
+    while let Some(chunk) = body.next_chunk().await? {
+        writer.write(&chunk).await?;
+        if writer.len() > d.size {
+            return Err(ItemError::Item(format!(
+                "blob {} is longer than the {} bytes its manifest says",
+                d.digest, d.size
+            )));
+        }
+    }
+    let size = writer
+        .publish_verified(&spack::blob_path(&d.digest), &d.digest, Some(d.size))
+        .await?;
+    Ok(size)
+}
+
+impl Digest {
+    fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}

@@ -1,0 +1,343 @@
+//! End to end: a generated Spack cache in a real registry → `sync --now` → a v3 mirror,
+//! the ledger and `status`.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use serde_json::Value;
+use spack_mirrord::demo::{self, GeneratedSpec};
+
+use crate::support::front::{FrontOptions, GhcrFront};
+use crate::support::mirrord::{Env, files_under, push_generated, sha256_file, text};
+use crate::support::registry::TestRegistry;
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+fn blob(root: &Path, hex: &str) -> std::path::PathBuf {
+    root.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Checks the mirror is a complete Spack v3 mirror serving exactly `specs`.
+fn check_mirror(root: &Path, specs: &[&GeneratedSpec]) {
+    assert_eq!(
+        std::fs::read(root.join("v3/layout.json")).unwrap(),
+        br#"{"signing": "gpg"}"#
+    );
+    // Every blob is where its digest says and is intact; modes let any user read.
+    for rel in files_under(root) {
+        let p = root.join(&rel);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{rel}");
+        if let Some(hex) = rel.strip_prefix("blobs/sha256/") {
+            let hex = hex.split('/').nth(1).unwrap();
+            assert_eq!(sha256_file(&p), hex, "{rel} does not hash to its name");
+        }
+    }
+    for d in [
+        "blobs",
+        "blobs/sha256",
+        "v3",
+        "v3/manifests",
+        "v3/manifests/spec",
+    ] {
+        let mode = std::fs::metadata(root.join(d))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "{d}");
+    }
+    // The index lists exactly the expected specs.
+    let index = read_json(&root.join("v3/manifests/index/index.manifest.json"));
+    assert_eq!(index["version"], 3);
+    let rec = &index["data"][0];
+    assert_eq!(rec["mediaType"], "application/vnd.spack.db.v8+json");
+    assert_eq!(rec["compression"], "none");
+    let index_blob = blob(root, rec["checksum"].as_str().unwrap());
+    assert_eq!(
+        std::fs::metadata(&index_blob).unwrap().len(),
+        rec["contentLength"].as_u64().unwrap()
+    );
+    let db = read_json(&index_blob);
+    assert_eq!(db["database"]["version"], "8");
+    let listed: BTreeSet<String> = db["database"]["installs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["in_buildcache"] == true)
+        .map(|(h, _)| h.clone())
+        .collect();
+    let expected: BTreeSet<String> = specs.iter().map(|s| s.hash.clone()).collect();
+    assert_eq!(listed, expected, "index in_buildcache set");
+    // Each spec: manifest at Spack's path, tarball record = the OCI layer, spec blob = option A.
+    let manifests: Vec<String> = files_under(&root.join("v3/manifests/spec"));
+    assert_eq!(manifests.len(), specs.len(), "{manifests:?}");
+    for s in specs {
+        let path = root.join(format!(
+            "v3/manifests/spec/{0}/{0}-{1}-{2}.spec.manifest.json",
+            s.name, s.version, s.hash
+        ));
+        let m = read_json(&path);
+        let tarball = &m["data"][0];
+        assert_eq!(
+            tarball["mediaType"],
+            "application/vnd.spack.install.v2.tar+gzip"
+        );
+        assert_eq!(tarball["checksum"], s.tarball.hex());
+        assert_eq!(tarball["contentLength"], s.tarball_size);
+        assert!(blob(root, s.tarball.hex()).is_file());
+        let spec = &m["data"][1];
+        assert_eq!(spec["mediaType"], "application/vnd.spack.spec.v5+json");
+        let gz = std::fs::read(blob(root, spec["checksum"].as_str().unwrap())).unwrap();
+        assert_eq!(gz.len() as u64, spec["contentLength"].as_u64().unwrap());
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert!(text.starts_with(r#"{"spec":{"_meta":{"version":5},"nodes":[{"#));
+        assert!(text.ends_with(r#","buildcache_layout_version":2}"#));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["spec"]["nodes"][0]["hash"], s.hash.as_str());
+    }
+}
+
+fn spec_refs(cache: &demo::Cache) -> Vec<&GeneratedSpec> {
+    cache.specs.iter().collect()
+}
+
+#[test]
+fn first_sync_builds_a_v3_mirror_and_a_second_fetches_nothing() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("e2e/basic");
+    let cache = push_generated(&url, 6, 50_000, 101);
+    let env = Env::new(&url);
+
+    let before = env.status_json();
+    assert_eq!(before["last_run"], Value::Null);
+    assert_eq!(before["mirror"]["specs"], 0);
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&env.root(), &spec_refs(&cache));
+    let st = env.status_json();
+    let run = &st["last_run"];
+    assert_eq!(run["outcome"], "success", "{st}");
+    assert_eq!(run["specs_total"], 6);
+    assert_eq!(run["specs_fetched"], 6);
+    assert_eq!(run["blobs_fetched"], 6);
+    let tarball_bytes: u64 = cache.specs.iter().map(|s| s.tarball_size).sum();
+    assert_eq!(run["bytes_fetched"], tarball_bytes);
+    assert_eq!(st["mirror"]["specs"], 6);
+    assert!(st["mirror"]["bytes"].as_u64().unwrap() > tarball_bytes);
+    assert!(run["finished_at"].as_str().unwrap().ends_with('Z'));
+    // Nothing temporary is left anywhere.
+    assert!(files_under(&env.state().join("tmp")).is_empty());
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "success");
+    assert_eq!(run["blobs_fetched"], 0);
+    assert_eq!(run["bytes_fetched"], 0);
+    assert_eq!(run["specs_fetched"], 0);
+    check_mirror(&env.root(), &spec_refs(&cache));
+
+    let text_status = env.run(&["status"]);
+    let shown = String::from_utf8_lossy(&text_status.stdout);
+    assert!(
+        shown.contains("success") && shown.contains("6 specs"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_deleted_blob_is_restored_by_the_next_sync() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("e2e/restore");
+    let cache = push_generated(&url, 4, 20_000, 202);
+    let env = Env::new(&url);
+    assert!(env.sync().status.success());
+    let victim = blob(&env.root(), cache.specs[2].tarball.hex());
+    std::fs::remove_file(&victim).unwrap();
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256_file(&victim), cache.specs[2].tarball.hex());
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["blobs_fetched"], 1, "{run}");
+    assert_eq!(run["bytes_fetched"], cache.specs[2].tarball_size);
+    check_mirror(&env.root(), &spec_refs(&cache));
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_the_other_specs_are_published() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("e2e/tampered");
+    let cache = push_generated(&url, 5, 20_000, 303);
+    // The last sample spec is a leaf: nothing depends on it.
+    let bad = cache.specs.last().unwrap();
+    let data = reg.blob_data_path(bad.tarball.hex());
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let env = Env::new(&url);
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&bad.tag), "{stderr}");
+    assert!(!blob(&env.root(), bad.tarball.hex()).exists());
+    let good: Vec<&GeneratedSpec> = cache.specs.iter().filter(|s| s.hash != bad.hash).collect();
+    check_mirror(&env.root(), &good);
+
+    let st = env.status_json();
+    let run = &st["last_run"];
+    assert_eq!(run["outcome"], "partial", "{st}");
+    assert_eq!(run["specs_failed"], 1);
+    assert_eq!(run["specs_fetched"], 4);
+    let problem = &run["problems"][0];
+    assert_eq!(problem["tag"], bad.tag.as_str());
+    let msg = problem["message"].as_str().unwrap();
+    assert!(msg.contains(bad.tarball.hex()), "{msg}");
+}
+
+#[test]
+fn anonymous_bearer_tokens_and_paged_tags_work_through_a_ghcr_like_front() {
+    let reg = TestRegistry::shared();
+    let cache = push_generated(&reg.url("e2e/front"), 5, 10_000, 404);
+    let front = GhcrFront::start(reg.addr(), FrontOptions::default());
+    let env = Env::new(&front.url("e2e/front"));
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&env.root(), &spec_refs(&cache));
+
+    let reqs = front.requests();
+    assert!(
+        reqs.iter().any(|r| r.path.starts_with("/token")),
+        "no token request"
+    );
+    let pages = reqs
+        .iter()
+        .filter(|r| r.path.contains("/tags/list"))
+        .count();
+    // 5 specs + index.spack = 6 tags, 2 per page.
+    assert!(pages >= 3, "{pages} tag pages");
+    let store: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/_blobstore"))
+        .collect();
+    assert!(!store.is_empty(), "blob GETs were not redirected");
+    assert!(
+        store.iter().all(|r| !r.has_authorization()),
+        "the token leaked to the redirect host"
+    );
+    assert!(
+        reqs.iter()
+            .filter(|r| r.path.contains("/manifests/"))
+            .all(|r| r
+                .authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Bearer "))),
+        "manifest requests must carry the bearer token"
+    );
+
+    // Re-sync: only the tag pages, the index manifest and the /v2/ probe are requested.
+    front.clear_requests();
+    assert!(env.sync().status.success());
+    let reqs = front.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.path.contains("/blobs/") || r.path.starts_with("/_blobstore")),
+        "{reqs:?}"
+    );
+    let manifests: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.contains("/manifests/"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert!(manifests[0].path.ends_with("/manifests/index.spack"));
+}
+
+#[test]
+fn an_unreachable_registry_fails_the_run_naming_the_url() {
+    let env = Env::new("oci+http://127.0.0.1:9/nothing/here");
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "failed");
+    assert!(run["error"].as_str().unwrap().contains("127.0.0.1:9"));
+}
+
+#[test]
+fn a_mirror_root_that_cannot_be_created_fails_the_run_naming_it() {
+    let reg = TestRegistry::shared();
+    let env = Env::new(&reg.url("e2e/unwritable"));
+    std::fs::write(env.dir.path().join("blocker"), b"a regular file").unwrap();
+    let root = env.dir.path().join("blocker/mirror");
+    let text_cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        &env.root().display().to_string(),
+        &root.display().to_string(),
+    );
+    std::fs::write(env.config_path(), text_cfg).unwrap();
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&root.display().to_string()), "{stderr}");
+    assert_eq!(env.status_json()["last_run"]["outcome"], "failed");
+}
+
+#[test]
+fn a_tag_whose_config_has_no_spec_is_skipped_and_counted() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("e2e/nospec");
+    let mut cache = demo::generate(
+        &demo::sample(2, 1_000),
+        &demo::Options {
+            seed: 505,
+            with_index: false,
+            docker_format: false,
+        },
+    );
+    // A runnable image pushed under a .spack tag: its config is not a spec file.
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = spack_mirrord::model::Digest::of(config);
+    let layer = cache.specs[0].tarball.clone();
+    let manifest = format!(
+        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":{}}}]}}"#,
+        config.len(),
+        cache.specs[0].tarball_size
+    );
+    cache.blobs.insert(
+        config_digest.clone(),
+        demo::Blob {
+            digest: config_digest,
+            media_type: demo::OCI_CONFIG.to_owned(),
+            data: config.to_vec(),
+        },
+    );
+    let mut image = cache.images[0].clone();
+    image.tag = "runnable-1.0-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.spack".to_owned();
+    image.manifest = manifest.into_bytes();
+    cache.images.push(image);
+    crate::support::mirrord::push(&url, &cache);
+
+    let env = Env::new(&url);
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["specs_skipped"], 1, "{run}");
+    assert_eq!(run["specs_fetched"], 2);
+    assert_eq!(run["problems"][0]["kind"], "skipped");
+    check_mirror(&env.root(), &spec_refs(&cache));
+}
