@@ -449,6 +449,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_and_shows_every_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = load(&path).unwrap();
+        let d = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
+        assert_eq!(c.source, d.source);
+        assert_eq!(c.mirror_root, d.mirror_root);
+        assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.concurrency, d.concurrency);
+        assert_eq!(c.schedule_text, d.schedule_text);
+        assert_eq!(c.on_start, d.on_start);
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.log_format, d.log_format);
+    }
+
+    #[test]
     fn defaults_with_a_url_validate() {
         let c = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
         assert_eq!(c.concurrency, 8);

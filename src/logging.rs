@@ -1,6 +1,8 @@
 //! Logging: tracing-subscriber to stderr, text or JSON. `RUST_LOG` overrides the configured
-//! level. Under systemd (`JOURNAL_STREAM` set) text logs carry no ANSI colours and no
+//! level. Colours only on a terminal. Under systemd (`JOURNAL_STREAM` set) text logs carry no ANSI colours and no
 //! timestamps, since the journal adds its own.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt;
@@ -32,7 +34,11 @@ pub fn init(level: &str, format: LogFormat) {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     drop(result);

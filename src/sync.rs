@@ -651,7 +651,7 @@ impl Run<'_> {
         } else {
             None
         };
-        let (blob_digest, blob_size, blob) =
+        let (blob_digest, blob_size, blob, origin) =
             match plan::choose_index(installable, registry_index.as_ref()) {
                 IndexSource::Registry { blob, size } => {
                     let path = spack::blob_path(&blob);
@@ -666,15 +666,14 @@ impl Run<'_> {
                                 .await?,
                         )
                     };
-                    tracing::debug!(digest = %blob, "registry index fits the mirror; copying it");
-                    (blob, size, bytes)
+                    (blob, size, bytes, "registry")
                 }
                 IndexSource::Synthesize => {
                     let bytes = spack::synthesize_index(jsons, installable)?;
                     let digest = Digest::of(&bytes);
                     let size = bytes.len() as u64;
                     let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
-                    (digest, size, bytes)
+                    (digest, size, bytes, "synthesized")
                 }
             };
         let blob_path = spack::blob_path(&blob_digest);
@@ -708,7 +707,7 @@ impl Run<'_> {
         )?;
         // The blob is now the current one: it becomes the newest in the ledger.
         self.record_file(&blob_path, "index_blob", &blob_digest, blob_size)?;
-        tracing::info!(specs = installable.len(), digest = %blob_digest, "index published");
+        tracing::info!(specs = installable.len(), digest = %blob_digest, origin, "index published");
         for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
             self.mirror.remove(&stale).await?;
             self.store.forget_file(&stale)?;
