@@ -29,12 +29,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as a service: sync at start and on `sync.schedule` until stopped.
+    ///
+    /// SIGTERM or SIGINT stops it (a second signal at once), SIGHUP or an edit
+    /// of the config file reloads the configuration, SIGUSR1 starts a run now.
+    /// Speaks the systemd notify protocol (Type=notify, watchdog).
+    Daemon,
     /// Reconcile the mirror with the registry.
     ///
     /// With --now, runs one sync in the foreground and exits 0 only when the
     /// mirror is complete and published (1 when some specs failed or the run
     /// failed, 75 when --no-wait finds another sync running, 130 when
-    /// interrupted).
+    /// interrupted). Without --now, asks the running daemon to start a run.
     Sync {
         /// Run the sync here and now, in the foreground.
         #[arg(long)]

@@ -37,10 +37,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             logging::init(&config.log_level, config.log_format);
             runtime()?.block_on(sync_now(&config, full, no_wait))
         }
-        Command::Sync { now: false, .. } => Err(Error::Usage(
-            "`sync` without --now asks a running daemon, which this version does not have; run `spack-mirrord sync --now`"
-                .to_owned(),
-        )),
+        Command::Sync { now: false, .. } => {
+            let pid = lock::request_run(&config.state_dir)?;
+            println!(
+                "asked the daemon (pid {pid}) to sync now; follow it with `spack-mirrord status`"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon => {
+            logging::init(&config.log_level, config.log_format);
+            runtime()?.block_on(crate::daemon::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -116,6 +124,7 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         sync::Options {
             trigger: Trigger::Manual,
             full,
+            progress: None,
         },
         &cancel,
     )

@@ -19,6 +19,8 @@ pub enum Error {
     Lock(#[from] crate::lock::Error),
     #[error(transparent)]
     Sync(#[from] crate::sync::Error),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
     #[error("{0}")]
     Usage(String),
     #[error("cannot start the async runtime")]
@@ -45,6 +47,7 @@ impl Error {
             Self::Config(_) => exit::CONFIG,
             Self::Usage(_) => exit::USAGE,
             Self::Lock(crate::lock::Error::Busy { .. }) => exit::BUSY,
+            Self::Daemon(crate::daemon::Error::Forced) => exit::CANCELLED,
             _ => exit::FAILED,
         })
     }

@@ -1,6 +1,8 @@
-//! One writer at a time: an exclusive `flock` on `state.dir/lock`, held for the length of a
-//! run by the daemon and by `sync --now`. The file is created once and never deleted (deleting
-//! a lock file lets two processes lock two different files). `status` never takes it.
+//! Coordination between processes on one machine. One writer at a time: an exclusive `flock`
+//! on `state.dir/lock`, held for the length of a run by the daemon and by `sync --now`. The
+//! file is created once and never deleted (deleting a lock file lets two processes lock two
+//! different files). `status` never takes it. The daemon also leaves its pid in
+//! `state.dir/daemon.pid`, so `sync` can ask it (SIGUSR1) to run now.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,24 @@ pub enum Error {
     },
     #[error("another sync holds the lock {path}")]
     Busy { path: PathBuf },
+    #[error("a daemon is already running with pid {pid} (see {path})")]
+    DaemonRunning { pid: i64, path: PathBuf },
+    #[error("cannot write pid file {path}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no daemon is running (no live pid in {path}); start one with `systemctl start spack-mirrord`, or run `spack-mirrord sync --now`"
+    )]
+    NoDaemon { path: PathBuf },
+    #[error("cannot signal the daemon (pid {pid})")]
+    Signal {
+        pid: i64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The run lock; released on drop.
@@ -65,6 +85,71 @@ pub async fn acquire(state_dir: &Path) -> Result<RunLock, Error> {
     })?
 }
 
+pub fn pid_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("daemon.pid")
+}
+
+/// The pid in the daemon's pid file, if that process is alive.
+pub fn daemon_pid(state_dir: &Path) -> Option<i64> {
+    std::fs::read_to_string(pid_path(state_dir))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|pid| process_alive(*pid))
+}
+
+/// The daemon's pid file; removed on drop.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Records this process as the daemon, refusing if another live daemon is recorded.
+    pub fn create(state_dir: &Path) -> Result<Self, Error> {
+        let path = pid_path(state_dir);
+        let me = i64::from(std::process::id());
+        if let Some(pid) = daemon_pid(state_dir).filter(|pid| *pid != me) {
+            return Err(Error::DaemonRunning { pid, path });
+        }
+        let tmp = state_dir.join("daemon.pid.tmp");
+        std::fs::write(&tmp, format!("{me}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| Error::PidFile {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        drop(std::fs::remove_file(&self.path));
+    }
+}
+
+/// Asks the running daemon to start a run now; returns its pid.
+pub fn request_run(state_dir: &Path) -> Result<i64, Error> {
+    let path = pid_path(state_dir);
+    let pid = daemon_pid(state_dir).ok_or(Error::NoDaemon { path })?;
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(target) = raw else {
+        return Err(Error::Signal {
+            pid,
+            source: std::io::Error::other("not a valid pid"),
+        });
+    };
+    rustix::process::kill_process(target, rustix::process::Signal::USR1).map_err(|e| {
+        Error::Signal {
+            pid,
+            source: e.into(),
+        }
+    })?;
+    Ok(pid)
+}
+
 /// Whether a process with this pid exists on this machine.
 pub fn process_alive(pid: i64) -> bool {
     pid > 0 && Path::new("/proc").join(pid.to_string()).exists()
@@ -82,6 +167,24 @@ mod tests {
         drop(first);
         assert!(try_acquire(dir.path()).is_ok());
         assert!(lock_path(dir.path()).exists());
+    }
+
+    #[test]
+    fn a_pid_file_names_a_live_daemon_and_goes_away_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(daemon_pid(dir.path()), None);
+        assert!(matches!(
+            request_run(dir.path()),
+            Err(Error::NoDaemon { .. })
+        ));
+        let pid = PidFile::create(dir.path()).unwrap();
+        assert_eq!(daemon_pid(dir.path()), Some(i64::from(std::process::id())));
+        drop(pid);
+        assert!(!pid_path(dir.path()).exists());
+        // A pid file left by a dead process does not block a new daemon.
+        std::fs::write(pid_path(dir.path()), "999999999\n").unwrap();
+        assert_eq!(daemon_pid(dir.path()), None);
+        assert!(PidFile::create(dir.path()).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -53,11 +54,23 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub trigger: Trigger,
     /// Re-check the manifest digest of every known tag (`sync --now --full`).
     pub full: bool,
+    /// Where to publish progress while the run goes (the daemon's systemd `STATUS=`).
+    pub progress: Option<watch::Sender<Progress>>,
+}
+
+/// How far a run has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub specs_total: u64,
+    pub blobs_total: u64,
+    pub blobs_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
 }
 
 /// What a run did.
@@ -118,6 +131,7 @@ struct Run<'a> {
     cancel: &'a CancellationToken,
     /// Files the ledger says were published, by relative path.
     files: HashMap<String, FileRow>,
+    progress: Option<watch::Sender<Progress>>,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -166,8 +180,9 @@ pub async fn run(
         run_id,
         counts: RunCounts::default(),
         cancel,
+        progress: opts.progress.clone(),
     };
-    let result = run.execute(opts).await;
+    let result = run.execute(opts.full).await;
     let (outcome, error) = match result {
         Ok(()) if cancel.is_cancelled() => (Outcome::Cancelled, Some("cancelled".to_owned())),
         Ok(()) if run.counts.specs_failed > 0 => (Outcome::Partial, None),
@@ -223,6 +238,12 @@ fn finish(
 }
 
 impl Run<'_> {
+    fn report_progress(&self, update: impl FnOnce(&mut Progress)) {
+        if let Some(p) = &self.progress {
+            p.send_modify(update);
+        }
+    }
+
     fn fail_item(&mut self, tag: &str, message: &str) -> Result<(), Fatal> {
         tracing::warn!(tag, error = message, "spec failed");
         self.counts.specs_failed += 1;
@@ -265,7 +286,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn execute(&mut self, opts: Options) -> Result<(), Fatal> {
+    async fn execute(&mut self, full: bool) -> Result<(), Fatal> {
         self.registry.authenticate().await?;
         let remote = self.registry.list_tags().await?;
 
@@ -281,7 +302,7 @@ impl Run<'_> {
             })
             .collect();
         let intact_tags: HashSet<String> = intact_specs.iter().map(|s| s.tag.clone()).collect();
-        let mut plan = self.plan(&remote, &intact_tags, opts.full)?;
+        let mut plan = self.plan(&remote, &intact_tags, full)?;
 
         let changed = self.recheck(std::mem::take(&mut plan.recheck)).await?;
         plan.fetch.extend(changed);
@@ -351,6 +372,8 @@ impl Run<'_> {
         let known = self.store.known_tags()?;
         let plan = plan::plan_sync(remote, &known, intact_tags, full);
         self.counts.specs_total = plan.spec_tags.len() as u64;
+        let specs_total = self.counts.specs_total;
+        self.report_progress(|p| p.specs_total = specs_total);
         self.counts.tags_ignored = plan.ignored.len() as u64;
         for tag in &plan.ignored {
             tracing::debug!(tag, "tag ignored: neither a spec nor the index");
@@ -462,11 +485,16 @@ impl Run<'_> {
             .cloned()
             .collect();
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
+        let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
         tracing::info!(
             blobs = jobs.len(),
-            bytes = jobs.iter().map(|j| j.size).sum::<u64>(),
+            bytes = bytes_total,
             "downloading tarballs"
         );
+        self.report_progress(|p| {
+            p.blobs_total = jobs.len() as u64;
+            p.bytes_total = bytes_total;
+        });
         let (registry, mirror) = (Arc::clone(&self.registry), self.mirror.clone());
         let mut results = futures_util::stream::iter(jobs)
             .map(move |d| {
@@ -486,6 +514,10 @@ impl Run<'_> {
                     self.record_file(&spack::blob_path(&d.digest), "tarball", &d.digest, size)?;
                     self.store.update_counts(self.run_id, &self.counts)?;
                     tracing::debug!(digest = %d.digest, bytes = size, "tarball stored");
+                    self.report_progress(|p| {
+                        p.blobs_done += 1;
+                        p.bytes_done += size;
+                    });
                 }
                 Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
                 Err(ItemError::Item(msg)) => {

@@ -112,9 +112,11 @@ fn no_wait_exits_75_while_another_writer_holds_the_lock() {
 }
 
 #[test]
-fn sync_without_now_is_a_usage_error() {
+fn sync_without_now_says_clearly_that_no_daemon_runs() {
     let env = Env::new("oci+http://127.0.0.1:9/x");
     let out = env.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--now"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no daemon is running"), "{stderr}");
+    assert!(stderr.contains("sync --now"), "{stderr}");
 }

@@ -8,6 +8,7 @@
 //! in its own repository.
 
 mod cli;
+mod daemon;
 mod harness_selftest;
 mod support;
 mod sync;

@@ -45,6 +45,8 @@ pub struct FrontOptions {
     pub allow_anonymous: bool,
     /// Whether blob GETs answer 307 to `http://localhost:PORT/_blobstore/...` (default true).
     pub redirect_blobs: bool,
+    /// If set, the blob store sends blob bodies at about this many bytes per second.
+    pub throttle_bytes_per_sec: Option<u64>,
 }
 
 impl Default for FrontOptions {
@@ -54,6 +56,7 @@ impl Default for FrontOptions {
             credentials: None,
             allow_anonymous: true,
             redirect_blobs: true,
+            throttle_bytes_per_sec: None,
         }
     }
 }
@@ -599,7 +602,10 @@ impl State {
             response = response.header(header::CONTENT_TYPE, "application/octet-stream");
         }
         response
-            .body(stream_body(upstream))
+            .body(match self.opts.throttle_bytes_per_sec {
+                Some(rate) => throttled_body(upstream, rate),
+                None => stream_body(upstream),
+            })
             .expect("a valid blobstore response")
     }
 
@@ -687,6 +693,27 @@ fn stream_body(upstream: reqwest::Response) -> Body {
     let frames = upstream
         .bytes_stream()
         .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as BoxError);
+    StreamBody::new(frames).boxed()
+}
+
+/// The body in 16 KiB pieces, each after the pause that keeps the rate near `rate` bytes/s.
+fn throttled_body(upstream: reqwest::Response, rate: u64) -> Body {
+    let frames = upstream
+        .bytes_stream()
+        .map_ok(|chunk| {
+            let pieces: Vec<Bytes> = (0..chunk.len())
+                .step_by(16 * 1024)
+                .map(|i| chunk.slice(i..chunk.len().min(i + 16 * 1024)))
+                .collect();
+            futures_util::stream::iter(pieces.into_iter().map(Ok::<_, reqwest::Error>))
+        })
+        .try_flatten()
+        .and_then(move |piece| async move {
+            let nanos = piece.len() as u64 * 1_000_000_000 / rate.max(1);
+            tokio::time::sleep(Duration::from_nanos(nanos)).await;
+            Ok(Frame::data(piece))
+        })
         .map_err(|e| Box::new(e) as BoxError);
     StreamBody::new(frames).boxed()
 }
