@@ -270,6 +270,11 @@ fn sigterm_during_a_download_exits_0_quickly_and_leaves_no_partial_file() {
     wait_until(Duration::from_secs(20), "a download in progress", || {
         staged_files(&env) > 0
     });
+    // status reads the run in progress, without waiting for it.
+    let run = last_run(&env);
+    assert_eq!(run["outcome"], "running", "{run}");
+    assert_eq!(run["specs_total"], 1);
+    assert_eq!(run["finished_at"], Value::Null);
     let (code, took) = d.stop(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", d.log());
     assert!(took < Duration::from_secs(10), "took {took:?}");
