@@ -120,3 +120,30 @@ fn sync_without_now_says_clearly_that_no_daemon_runs() {
     assert!(stderr.contains("no daemon is running"), "{stderr}");
     assert!(stderr.contains("sync --now"), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    env.write_config("[log]\nformat = \"json\"\n");
+    let out = crate::support::mirrord::run_binary(
+        &[
+            "--config",
+            env.config_path().to_str().unwrap(),
+            "sync",
+            "--now",
+        ],
+        &[("RUST_LOG", "spack_mirrord=info")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "sync finished"),
+        "{stderr}"
+    );
+}

@@ -364,6 +364,9 @@ fn the_daemon_speaks_the_systemd_notify_protocol() {
     wait_for("READY=1");
     wait_for("STATUS=last run success");
     wait_for("WATCHDOG=1");
+    d.signal(rustix::process::Signal::HUP);
+    wait_for("RELOADING=1");
+    wait_for("MONOTONIC_USEC=");
     assert_eq!(d.stop(Duration::from_secs(10)).0, Some(0));
     wait_for("STOPPING=1");
 }
