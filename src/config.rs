@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -59,12 +60,30 @@ pub struct FileConfig {
     pub log: FileLog,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSource {
     pub url: Option<String>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub max_attempts: i64,
+    pub request_timeout: String,
+    pub stall_timeout: String,
+    pub max_requests_per_second: f64,
+}
+
+impl Default for FileSource {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password_file: None,
+            max_attempts: 5,
+            request_timeout: "60s".to_owned(),
+            stall_timeout: "30s".to_owned(),
+            max_requests_per_second: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +120,7 @@ pub struct FileSync {
     pub concurrency: i64,
     pub schedule: String,
     pub on_start: bool,
+    pub run_timeout: String,
 }
 
 impl Default for FileSync {
@@ -109,6 +129,7 @@ impl Default for FileSync {
             concurrency: 8,
             schedule: "0 0 */2 * * *".to_owned(),
             on_start: true,
+            run_timeout: "12h".to_owned(),
         }
     }
 }
@@ -164,12 +185,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the registry is talked to: retries, timeouts, pacing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    /// Attempts per request, the first included, on transient failures.
+    pub max_attempts: u32,
+    /// Limit for one small request (tag page, manifest, config), start to end.
+    pub request_timeout: Duration,
+    /// A blob download that receives no byte for this long is aborted and resumed.
+    pub stall_timeout: Duration,
+    /// Requests per second to the registry, at most (`None`: no limit).
+    pub max_requests_per_second: Option<f64>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+            max_requests_per_second: None,
+        }
+    }
+}
+
 /// The validated configuration the program runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
     pub source: RepoRef,
     pub credentials: Credentials,
+    pub network: Network,
+    /// A run that takes longer is stopped and recorded as failed.
+    pub run_timeout: Duration,
     pub mirror_root: PathBuf,
     pub state_dir: PathBuf,
     pub concurrency: usize,
@@ -323,6 +371,48 @@ pub fn validate(
             ),
         )
     })?;
+    let duration = |key: &'static str, text: &str, zero_ok: bool| {
+        humantime::parse_duration(text)
+            .ok()
+            .filter(|d| zero_ok || !d.is_zero())
+            .ok_or_else(|| {
+                key_err(
+                    key,
+                    format!("{text:?} is not a duration like \"30s\", \"5m\" or \"2h\""),
+                )
+            })
+    };
+    let network = Network {
+        max_attempts: u32::try_from(file.source.max_attempts)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                key_err(
+                    "source.max_attempts",
+                    format!(
+                        "is {}; it must be between 1 and 100",
+                        file.source.max_attempts
+                    ),
+                )
+            })?,
+        request_timeout: duration(
+            "source.request_timeout",
+            &file.source.request_timeout,
+            false,
+        )?,
+        stall_timeout: duration("source.stall_timeout", &file.source.stall_timeout, false)?,
+        max_requests_per_second: match file.source.max_requests_per_second {
+            0.0 => None,
+            r if r.is_finite() && r > 0.0 => Some(r),
+            r => {
+                return Err(key_err(
+                    "source.max_requests_per_second",
+                    format!("is {r}; it must be 0 (no limit) or a positive number"),
+                ));
+            }
+        },
+    };
+    let run_timeout = duration("sync.run_timeout", &file.sync.run_timeout, false)?;
     let log_format = match file.log.format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -361,6 +451,8 @@ pub fn validate(
         path: path.to_owned(),
         source,
         credentials,
+        network,
+        run_timeout,
         mirror_root,
         state_dir,
         concurrency,
@@ -386,6 +478,10 @@ pub struct Effective {
 pub struct EffectiveSource {
     pub url: String,
     pub credentials: String,
+    pub max_attempts: u32,
+    pub request_timeout: String,
+    pub stall_timeout: String,
+    pub max_requests_per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -393,6 +489,7 @@ pub struct EffectiveSync {
     pub concurrency: usize,
     pub schedule: String,
     pub on_start: bool,
+    pub run_timeout: String,
 }
 
 impl Config {
@@ -406,6 +503,11 @@ impl Config {
                         username, origin, ..
                     } => format!("user {username}, password from {origin} (redacted)"),
                 },
+                max_attempts: self.network.max_attempts,
+                request_timeout: humantime::format_duration(self.network.request_timeout)
+                    .to_string(),
+                stall_timeout: humantime::format_duration(self.network.stall_timeout).to_string(),
+                max_requests_per_second: self.network.max_requests_per_second.unwrap_or(0.0),
             },
             mirror: FileMirror {
                 root: self.mirror_root.clone(),
@@ -417,6 +519,7 @@ impl Config {
                 concurrency: self.concurrency,
                 schedule: self.schedule_text.clone(),
                 on_start: self.on_start,
+                run_timeout: humantime::format_duration(self.run_timeout).to_string(),
             },
             log: FileLog {
                 level: self.log_level.clone(),
@@ -461,6 +564,8 @@ mod tests {
         assert_eq!(c.on_start, d.on_start);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.log_format, d.log_format);
+        assert_eq!(c.network, d.network);
+        assert_eq!(c.run_timeout, d.run_timeout);
     }
 
     #[test]
@@ -492,6 +597,38 @@ mod tests {
         let mut f = file("oci://ghcr.io/a/b");
         f.sync.schedule = "*/5 * * * *".to_owned();
         assert!(check(f).unwrap_err().to_string().contains("sync.schedule"));
+        let mut f = file("oci://ghcr.io/a/b");
+        f.source.request_timeout = "soon".to_owned();
+        assert!(
+            check(f)
+                .unwrap_err()
+                .to_string()
+                .contains("source.request_timeout")
+        );
+        let mut f = file("oci://ghcr.io/a/b");
+        f.source.max_attempts = 0;
+        assert!(
+            check(f)
+                .unwrap_err()
+                .to_string()
+                .contains("source.max_attempts")
+        );
+        let mut f = file("oci://ghcr.io/a/b");
+        f.source.max_requests_per_second = -1.0;
+        assert!(
+            check(f)
+                .unwrap_err()
+                .to_string()
+                .contains("source.max_requests_per_second")
+        );
+        let mut f = file("oci://ghcr.io/a/b");
+        f.sync.run_timeout = "0s".to_owned();
+        assert!(
+            check(f)
+                .unwrap_err()
+                .to_string()
+                .contains("sync.run_timeout")
+        );
         let mut f = file("oci://ghcr.io/a/b");
         f.log.format = "xml".to_owned();
         assert!(check(f).unwrap_err().to_string().contains("log.format"));

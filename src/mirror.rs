@@ -172,10 +172,83 @@ impl Mirror {
         Ok(BlobWriter {
             mirror: self.clone(),
             file: tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
-            temp: path,
+            staged: Staged::Temp(path),
             hasher: sha2::Sha256::new(),
             len: 0,
         })
+    }
+
+    /// Where the resumable download of `digest` is kept.
+    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.staging.join(format!("{}.partial", digest.hex()))
+    }
+
+    /// A staged file for `digest` that survives interruption: an earlier attempt's bytes (from
+    /// this run or one before) are kept and hashed again, so writing continues at `len()`.
+    /// More than `max_len` bytes already there means they cannot be this blob: start over.
+    pub async fn resume_writer(&self, digest: &Digest, max_len: u64) -> Result<BlobWriter, Error> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let path = self.partial_path(digest);
+        let err = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(err)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = file.metadata().await.map_err(err)?.len();
+        if len > max_len {
+            file.set_len(0).await.map_err(err)?;
+            len = 0;
+        } else if len > 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).await.map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        file.seek(io::SeekFrom::End(0)).await.map_err(err)?;
+        Ok(BlobWriter {
+            mirror: self.clone(),
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            staged: Staged::Kept(path),
+            hasher,
+            len,
+        })
+    }
+
+    /// Resumable downloads present in the staging directory, with their lengths.
+    pub fn partials(&self) -> Vec<(Digest, u64)> {
+        let Ok(entries) = std::fs::read_dir(&self.staging) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let digest = Digest::from_hex(name.strip_suffix(".partial")?).ok()?;
+                Some((digest, e.metadata().ok()?.len()))
+            })
+            .collect()
+    }
+
+    /// Deletes the resumable download of `digest`, if any.
+    pub fn discard_partial(&self, digest: &Digest) -> Result<(), Error> {
+        let path = self.partial_path(digest);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Write { path, source }),
+        }
     }
 
     /// Removes a file under the root (ledger-recorded files only; the caller checks).
@@ -189,11 +262,35 @@ impl Mirror {
     }
 }
 
-/// A file being written in the staging directory. Dropping it deletes the staged file.
+/// The staged file behind a `BlobWriter`.
+enum Staged {
+    /// Deleted when dropped unpublished.
+    Temp(tempfile::TempPath),
+    /// A resumable download: kept when dropped unpublished.
+    Kept(PathBuf),
+}
+
+impl Staged {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t,
+            Self::Kept(p) => p,
+        }
+    }
+
+    fn persist(self, dest: &Path) -> io::Result<()> {
+        match self {
+            Self::Temp(t) => t.persist(dest).map_err(|e| e.error),
+            Self::Kept(p) => std::fs::rename(p, dest),
+        }
+    }
+}
+
+/// A file being written in the staging directory, hashed as it is written.
 pub struct BlobWriter {
     mirror: Mirror,
     file: tokio::io::BufWriter<tokio::fs::File>,
-    temp: tempfile::TempPath,
+    staged: Staged,
     hasher: sha2::Sha256,
     len: u64,
 }
@@ -206,9 +303,48 @@ impl BlobWriter {
             .write_all(chunk)
             .await
             .map_err(|source| Error::Write {
-                path: self.temp.to_path_buf(),
+                path: self.staged.path().to_owned(),
                 source,
             })
+    }
+
+    /// The digest of what was written so far.
+    pub fn digest(&self) -> Digest {
+        Digest::from_hash(self.hasher.clone().finalize().as_slice())
+    }
+
+    /// Empties the file to write it again from the start.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        use tokio::io::AsyncSeekExt as _;
+        let err = |source| Error::Write {
+            path: self.staged.path().to_owned(),
+            source,
+        };
+        self.file.flush().await.map_err(err)?;
+        let f = self.file.get_mut();
+        f.set_len(0).await.map_err(err)?;
+        f.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
+        self.hasher = sha2::Sha256::new();
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Flushes what was written so an interrupted download can resume from it.
+    pub async fn keep(mut self) -> Result<u64, Error> {
+        self.file.flush().await.map_err(|source| Error::Write {
+            path: self.staged.path().to_owned(),
+            source,
+        })?;
+        Ok(self.len)
+    }
+
+    /// Deletes the staged file (a resumable one too).
+    pub async fn discard(self) {
+        let path = self.staged.path().to_owned();
+        drop(self.file);
+        if let Staged::Kept(_) = self.staged {
+            drop(tokio::fs::remove_file(path).await);
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -226,7 +362,7 @@ impl BlobWriter {
         expected: &Digest,
         size: Option<u64>,
     ) -> Result<u64, Error> {
-        let actual = Digest::from_hash(self.hasher.clone().finalize().as_slice());
+        let actual = self.digest();
         if &actual != expected {
             return Err(Error::DigestMismatch {
                 expected: expected.clone(),
@@ -249,7 +385,7 @@ impl BlobWriter {
     pub async fn publish(mut self, rel: &str) -> Result<(Digest, u64), Error> {
         let dest = self.mirror.path(rel)?;
         let temp_err = |source| Error::Write {
-            path: self.temp.to_path_buf(),
+            path: self.staged.path().to_owned(),
             source,
         };
         self.file.flush().await.map_err(temp_err)?;
@@ -264,18 +400,13 @@ impl BlobWriter {
             path: parent.clone(),
             source,
         })?;
-        let from = self.temp.to_path_buf();
-        match self.temp.persist(&dest) {
+        let from = self.staged.path().to_owned();
+        match self.staged.persist(&dest) {
             Ok(()) => {}
-            Err(e) if e.error.raw_os_error() == Some(18) => {
+            Err(e) if e.raw_os_error() == Some(18) => {
                 return Err(Error::CrossDevice { from, to: dest });
             }
-            Err(e) => {
-                return Err(Error::Write {
-                    path: dest,
-                    source: e.error,
-                });
-            }
+            Err(source) => return Err(Error::Write { path: dest, source }),
         }
         if let Ok(dir) = tokio::fs::File::open(&parent).await {
             dir.sync_all().await.map_err(|source| Error::Write {
@@ -359,6 +490,51 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_writer_continues_where_the_last_one_stopped() {
+        let (_t, m) = open();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let mut w = m.resume_writer(&digest, data.len() as u64).await.unwrap();
+        w.write(&data[..100_000]).await.unwrap();
+        assert_eq!(w.keep().await.unwrap(), 100_000);
+        assert_eq!(m.partials(), vec![(digest.clone(), 100_000)]);
+        let mut w = m.resume_writer(&digest, data.len() as u64).await.unwrap();
+        assert_eq!(w.len(), 100_000);
+        w.write(&data[100_000..]).await.unwrap();
+        let n = w
+            .publish_verified("blobs/x", &digest, Some(data.len() as u64))
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(std::fs::read(m.root().join("blobs/x")).unwrap(), data);
+        assert!(m.partials().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_partial_longer_than_the_blob_is_started_over() {
+        let (_t, m) = open();
+        let digest = Digest::of(b"abc");
+        std::fs::write(m.partial_path(&digest), b"far too long").unwrap();
+        let mut w = m.resume_writer(&digest, 3).await.unwrap();
+        assert_eq!(w.len(), 0);
+        w.write(b"abc").await.unwrap();
+        w.publish_verified("b", &digest, Some(3)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restart_forgets_what_was_written() {
+        let (_t, m) = open();
+        let digest = Digest::of(b"good");
+        let mut w = m.resume_writer(&digest, 4).await.unwrap();
+        w.write(b"ba").await.unwrap();
+        w.restart().await.unwrap();
+        w.write(b"good").await.unwrap();
+        assert_eq!(w.digest(), digest);
+        w.publish_verified("g", &digest, Some(4)).await.unwrap();
+        assert_eq!(std::fs::read(m.root().join("g")).unwrap(), b"good");
     }
 
     #[test]

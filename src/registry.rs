@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK};
 use tokio::sync::RwLock;
 
-use crate::config::Credentials;
+use crate::config::{Credentials, Network};
 use crate::model::{Digest, RepoRef, Scheme};
 
 /// Manifest media types we ask for. Index types are asked for too, so that a tag pointing
@@ -29,8 +29,6 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, appli
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Most pages a tag listing may take before it is treated as a loop.
 const MAX_TAG_PAGES: usize = 10_000;
-/// Attempts for small requests (tag pages, manifests, configs) on transient failures.
-const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,8 +46,19 @@ pub enum Error {
         origin: String,
         reason: String,
     },
-    #[error("registry answered {status} for {url}")]
-    Status { url: String, status: StatusCode },
+    #[error("registry answered {status} for {url}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Status {
+        url: String,
+        status: StatusCode,
+        /// The registry's own words (its JSON error message), shortened.
+        detail: Option<String>,
+        /// How long the registry asked us to wait (`Retry-After`, or ghcr's 429 body).
+        retry_after: Option<Duration>,
+    },
+    #[error("no answer from {url} within {limit:?}")]
+    Timeout { url: String, limit: Duration },
+    #[error("download of {url} stalled: no data for {limit:?}")]
+    Stalled { url: String, limit: Duration },
     #[error("{url} is larger than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error("registry sent a malformed answer for {url}: {reason}")]
@@ -69,10 +78,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long the registry asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying again may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Stalled { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -87,14 +104,133 @@ pub struct RegistryClient {
     repo: RepoRef,
     reference: Reference,
     oci: oci_client::Client,
-    auth: RegistryAuth,
+    /// Becomes anonymous when the credentials are refused (403) on a public repository.
+    auth: RwLock<RegistryAuth>,
     auth_origin: String,
     http: reqwest::Client,
     token: RwLock<Option<String>>,
+    network: Network,
+    pacer: Pacer,
+}
+
+/// The least wait after a 429, whatever the registry says (ghcr asks for microseconds).
+const RETRY_AFTER_FLOOR: Duration = Duration::from_secs(1);
+/// The longest wait honoured from a `Retry-After`, and the longest backoff.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Spaces requests to one registry: at most `max_requests_per_second`, and nothing at all
+/// until a 429's `Retry-After` has passed. Shared by every request of a client.
+struct Pacer {
+    interval: Option<Duration>,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(max_rps: Option<f64>) -> Self {
+        Self {
+            interval: max_rps.map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this request's turn.
+    async fn turn(&self) {
+        let at = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.interval.unwrap_or(Duration::ZERO);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Holds every request back for `wait`.
+    fn hold(&self, wait: Duration) {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *next = (*next).max(tokio::time::Instant::now() + wait);
+    }
+}
+
+/// The wait before attempt `attempt + 1`: what the registry asked for (at least the floor), or
+/// exponential backoff from 500 ms; both capped, plus up to 25 % jitter (`jitter` in [0, 1)).
+pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let base = match retry_after {
+        Some(d) => d.max(RETRY_AFTER_FLOOR),
+        None => Duration::from_millis(500).saturating_mul(1 << attempt.saturating_sub(1).min(16)),
+    }
+    .min(MAX_WAIT);
+    base + base.mul_f64(0.25 * jitter.clamp(0.0, 1.0))
+}
+
+/// `Retry-After` as seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (when.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// ghcr's 429 body says `… retry-after: 880.092µs, allowed: 44000/minute`: the Go duration.
+pub fn parse_body_retry_after(body: &str) -> Option<Duration> {
+    let lower = body.to_ascii_lowercase();
+    let at = lower.find("retry-after:")? + "retry-after:".len();
+    let rest = lower[at..].trim_start();
+    let end = rest
+        .find(|c: char| c == ',' || c == '"' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    parse_go_duration(&rest[..end])
+}
+
+/// A Go duration such as `1.5s`, `333.9ms`, `880.092µs`, `2m3s`.
+fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0.0_f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        let unit_rest = &rest[num_end..];
+        let unit_end = unit_rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(unit_rest.len());
+        let scale = match &unit_rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &unit_rest[unit_end..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(86_400.0)))
 }
 
 impl RegistryClient {
+    /// A client with the default network settings.
     pub fn new(repo: &RepoRef, credentials: &Credentials) -> Result<Self, Error> {
+        Self::with_network(repo, credentials, &Network::default())
+    }
+
+    pub fn with_network(
+        repo: &RepoRef,
+        credentials: &Credentials,
+        network: &Network,
+    ) -> Result<Self, Error> {
         let protocol = match repo.scheme {
             Scheme::Https => ClientProtocol::Https,
             Scheme::Http => ClientProtocol::HttpsExcept(vec![repo.registry.clone()]),
@@ -133,10 +269,12 @@ impl RegistryClient {
             ),
             repo: repo.clone(),
             oci,
-            auth,
+            auth: RwLock::new(auth),
             auth_origin,
             http,
             token: RwLock::new(None),
+            network: network.clone(),
+            pacer: Pacer::new(network.max_requests_per_second),
         })
     }
 
@@ -166,9 +304,11 @@ impl RegistryClient {
     /// Runs the registry's token flow for pulling (anonymous when no credentials are set).
     /// Called at the start of a run so a bad credential fails the run at once, clearly.
     pub async fn authenticate(&self) -> Result<(), Error> {
+        let auth = self.auth.read().await.clone();
+        self.pacer.turn().await;
         let token = self
             .oci
-            .auth(&self.reference, &self.auth, RegistryOperation::Pull)
+            .auth(&self.reference, &auth, RegistryOperation::Pull)
             .await
             .map_err(|e| self.oci_error(e))?;
         *self.token.write().await = token;
@@ -190,45 +330,112 @@ impl RegistryClient {
         )
     }
 
-    /// One GET (or HEAD) with the current token; a 401 renews the token once.
+    /// One request with the current token. A 401 renews the token once; a 403 while using
+    /// credentials retries once anonymously (an expired token is refused even on public
+    /// repositories); a 429 holds every request to the registry back for its `Retry-After`.
     async fn send(
         &self,
         method: reqwest::Method,
         url: &str,
-        accept: Option<&str>,
+        headers: &[(reqwest::header::HeaderName, String)],
     ) -> Result<reqwest::Response, Error> {
         let mut renewed = false;
+        let mut anonymous_tried = false;
         loop {
             let mut req = self.http.request(method.clone(), url);
-            if let Some(accept) = accept {
-                req = req.header(ACCEPT, accept);
+            for (name, value) in headers {
+                req = req.header(name, value);
             }
             if let Some(auth) = self.authorization().await {
                 req = req.header(AUTHORIZATION, auth);
-            } else if let RegistryAuth::Basic(u, p) = &self.auth {
+            } else if let RegistryAuth::Basic(u, p) = &*self.auth.read().await {
                 req = req.basic_auth(u, Some(p));
             }
+            self.pacer.turn().await;
             let resp = req.send().await.map_err(|source| Error::Connect {
                 url: url.to_owned(),
                 source,
             })?;
-            if resp.status() == StatusCode::UNAUTHORIZED && !renewed {
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !renewed {
                 renewed = true;
                 tracing::debug!(url, "token refused; renewing");
                 self.authenticate().await?;
                 continue;
             }
-            if !resp.status().is_success() {
-                return Err(Error::Status {
-                    url: url.to_owned(),
-                    status: resp.status(),
-                });
+            if status == StatusCode::FORBIDDEN
+                && !anonymous_tried
+                && matches!(*self.auth.read().await, RegistryAuth::Basic(..))
+            {
+                anonymous_tried = true;
+                tracing::warn!(
+                    url,
+                    credentials = %self.auth_origin,
+                    "registry refused the credentials (403); trying anonymously"
+                );
+                *self.auth.write().await = RegistryAuth::Anonymous;
+                self.authenticate().await?;
+                continue;
             }
-            return Ok(resp);
+            if status.is_success() {
+                return Ok(resp);
+            }
+            return Err(self.status_error(url, resp).await);
         }
     }
 
-    /// Retries `op` on transient failures with a short backoff.
+    /// Turns an unsuccessful answer into `Error::Status`, reading what the registry said.
+    async fn status_error(&self, url: &str, resp: reqwest::Response) -> Error {
+        let status = resp.status();
+        let header_wait = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let body = Self::body(url, resp, 16 << 10).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let retry_after = header_wait.or_else(|| {
+            (status == StatusCode::TOO_MANY_REQUESTS)
+                .then(|| parse_body_retry_after(&text))
+                .flatten()
+        });
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = retry_after
+                .unwrap_or(RETRY_AFTER_FLOOR)
+                .max(RETRY_AFTER_FLOOR);
+            tracing::warn!(
+                url,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "rate limited by the registry; slowing down"
+            );
+            self.pacer.hold(wait);
+            Some(wait)
+        } else {
+            retry_after
+        };
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.errors.into_iter().next())
+            .map(|e| {
+                format!("{} {}", e.code, e.message)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect()
+            })
+            .or_else(|| {
+                let t = text.trim();
+                (!t.is_empty() && t.len() < 300 && !t.contains('<')).then(|| t.to_owned())
+            });
+        Error::Status {
+            url: url.to_owned(),
+            status,
+            detail,
+            retry_after,
+        }
+    }
+
+    /// Runs `op` with the per-request time limit, retrying transient failures with backoff.
     async fn with_retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -236,20 +443,35 @@ impl RegistryClient {
     {
         let mut attempt = 1;
         loop {
-            match op().await {
-                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+            let limit = self.network.request_timeout;
+            let result = match tokio::time::timeout(limit, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    url: what.to_owned(),
+                    limit,
+                }),
+            };
+            match result {
+                Err(e) if e.is_transient() && attempt < self.network.max_attempts => {
+                    let delay = retry_delay(attempt, e.retry_after(), fastrand::f64());
                     tracing::warn!(
                         what,
                         attempt,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         error = &e as &dyn std::error::Error,
                         "request failed; retrying"
                     );
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// The number of attempts a transient failure gets.
+    pub fn max_attempts(&self) -> u32 {
+        self.network.max_attempts
     }
 
     /// Reads a whole body up to `limit` bytes.
@@ -286,7 +508,7 @@ impl RegistryClient {
             seen_urls.insert(url.clone());
             let (page, next) = self
                 .with_retry("tags/list", || async {
-                    let resp = self.send(reqwest::Method::GET, &url, None).await?;
+                    let resp = self.send(reqwest::Method::GET, &url, &[]).await?;
                     let next = resp
                         .headers()
                         .get(LINK)
@@ -340,7 +562,11 @@ impl RegistryClient {
         let url = self.v2_url(&format!("manifests/{reference}"));
         self.with_retry("manifest", || async {
             let resp = self
-                .send(reqwest::Method::GET, &url, Some(MANIFEST_ACCEPT))
+                .send(
+                    reqwest::Method::GET,
+                    &url,
+                    &[(ACCEPT, MANIFEST_ACCEPT.to_owned())],
+                )
                 .await?;
             let claimed = header_digest(&resp);
             let body = Self::body(&url, resp, MAX_MANIFEST_BYTES).await?;
@@ -365,7 +591,11 @@ impl RegistryClient {
         let url = self.v2_url(&format!("manifests/{tag}"));
         self.with_retry("manifest HEAD", || async {
             let resp = self
-                .send(reqwest::Method::HEAD, &url, Some(MANIFEST_ACCEPT))
+                .send(
+                    reqwest::Method::HEAD,
+                    &url,
+                    &[(ACCEPT, MANIFEST_ACCEPT.to_owned())],
+                )
                 .await?;
             Ok(header_digest(&resp))
         })
@@ -376,7 +606,7 @@ impl RegistryClient {
     pub async fn fetch_small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, Error> {
         let url = self.v2_url(&format!("blobs/{digest}"));
         self.with_retry("blob", || async {
-            let resp = self.send(reqwest::Method::GET, &url, None).await?;
+            let resp = self.send(reqwest::Method::GET, &url, &[]).await?;
             let body = Self::body(&url, resp, limit).await?;
             let actual = Digest::of(&body);
             if &actual != digest {
@@ -391,13 +621,26 @@ impl RegistryClient {
         .await
     }
 
-    /// Opens a blob for streaming; the caller hashes what it reads.
-    pub async fn open_blob(&self, digest: &Digest) -> Result<BlobBody, Error> {
+    /// Opens a blob for streaming from byte `offset` (a `Range` request when above 0); the
+    /// caller hashes what it reads. Each call asks the registry again, so a redirect to a
+    /// short-lived storage URL is fresh.
+    pub async fn open_blob(&self, digest: &Digest, offset: u64) -> Result<BlobBody, Error> {
         let url = self.v2_url(&format!("blobs/{digest}"));
+        let headers = if offset > 0 {
+            vec![(reqwest::header::RANGE, format!("bytes={offset}-"))]
+        } else {
+            Vec::new()
+        };
         let resp = self
-            .with_retry("blob", || self.send(reqwest::Method::GET, &url, None))
+            .with_retry("blob", || self.send(reqwest::Method::GET, &url, &headers))
             .await?;
-        Ok(BlobBody { url, resp })
+        let resumed = offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT;
+        Ok(BlobBody {
+            url,
+            resp,
+            resumed,
+            stall: self.network.stall_timeout,
+        })
     }
 
     async fn push_reference(&self, tag: &str) -> Result<Reference, Error> {
@@ -406,8 +649,9 @@ impl RegistryClient {
             self.repo.repository.clone(),
             tag.to_owned(),
         );
+        let auth = self.auth.read().await.clone();
         self.oci
-            .auth(&reference, &self.auth, RegistryOperation::Push)
+            .auth(&reference, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| self.oci_error(e))?;
         Ok(reference)
@@ -454,6 +698,8 @@ impl RegistryClient {
 pub struct BlobBody {
     url: String,
     resp: reqwest::Response,
+    resumed: bool,
+    stall: Duration,
 }
 
 impl BlobBody {
@@ -462,13 +708,39 @@ impl BlobBody {
         self.resp.content_length()
     }
 
-    /// The next piece of the body; `None` at the end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
-        self.resp.chunk().await.map_err(|source| Error::Connect {
-            url: self.url.clone(),
-            source,
-        })
+    /// Whether the body continues from the requested offset (206). `false` after a non-zero
+    /// offset means the registry ignored `Range` and sends the whole blob.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
     }
+
+    /// The next piece of the body; `None` at the end. No byte within the stall limit is an
+    /// error (transient: the caller resumes).
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        match tokio::time::timeout(self.stall, self.resp.chunk()).await {
+            Ok(r) => r.map_err(|source| Error::Connect {
+                url: self.url.clone(),
+                source,
+            }),
+            Err(_) => Err(Error::Stalled {
+                url: self.url.clone(),
+                limit: self.stall,
+            }),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -501,6 +773,75 @@ fn next_link(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn ghcr_429_bodies_give_their_go_duration() {
+        let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"retry-after: 880.092µs, allowed: 44000/minute"}]}"#;
+        assert_eq!(
+            parse_body_retry_after(body),
+            Some(Duration::from_nanos(880_092))
+        );
+        assert_eq!(
+            parse_body_retry_after("toomanyrequests: retry-after: 333.939671ms"),
+            Some(Duration::from_nanos(333_939_671))
+        );
+        assert_eq!(
+            parse_body_retry_after("retry-after: 1m30s, allowed"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(parse_body_retry_after("no hint here"), None);
+        assert_eq!(parse_body_retry_after("retry-after: forever"), None);
+    }
+
+    #[test]
+    fn retry_delays_back_off_honour_the_registry_and_stay_bounded() {
+        assert_eq!(retry_delay(1, None, 0.0), Duration::from_millis(500));
+        assert_eq!(retry_delay(2, None, 0.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(4, None, 0.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(40, None, 0.0), MAX_WAIT);
+        // ghcr asks for microseconds: the floor applies.
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_micros(880)), 0.0),
+            RETRY_AFTER_FLOOR
+        );
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(7)), 0.0),
+            Duration::from_secs(7)
+        );
+        // Jitter adds at most a quarter.
+        let j = retry_delay(2, None, 0.999);
+        assert!(j > Duration::from_secs(1) && j < Duration::from_millis(1250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_requests_and_holds_all_after_a_429() {
+        let p = Pacer::new(Some(10.0));
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.turn().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        p.hold(Duration::from_secs(2));
+        p.turn().await;
+        assert!(start.elapsed() >= Duration::from_millis(2400));
+    }
 
     #[test]
     fn next_link_finds_rel_next() {

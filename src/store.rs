@@ -507,6 +507,36 @@ impl Store {
         Ok(())
     }
 
+    /// Notes that the download of `digest` is kept at `path` with `offset` bytes.
+    pub fn record_partial(
+        &self,
+        digest: &str,
+        path: &str,
+        offset: u64,
+        now: i64,
+    ) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO partials (digest, path, offset, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(digest) DO UPDATE SET path = excluded.path, offset = excluded.offset,
+                updated_at = excluded.updated_at",
+            params![digest, path, to_i64(offset), now],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_partial(&self, digest: &str) -> Result<(), Error> {
+        self.conn
+            .execute("DELETE FROM partials WHERE digest = ?1", [digest])?;
+        Ok(())
+    }
+
+    /// Kept downloads: digest → offset.
+    pub fn partials(&self) -> Result<HashMap<String, u64>, Error> {
+        let mut stmt = self.conn.prepare("SELECT digest, offset FROM partials")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn registry_index(&self) -> Result<Option<RegistryIndexRow>, Error> {
         Ok(self
             .conn
@@ -679,6 +709,19 @@ mod tests {
             Some(spec.hash.as_str())
         );
         assert_eq!(s.specs().unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn partials_are_recorded_updated_and_forgotten() {
+        let s = Store::open_in_memory().unwrap();
+        s.record_partial("sha256:a", "/s/a.partial", 10, 1).unwrap();
+        s.record_partial("sha256:a", "/s/a.partial", 20, 2).unwrap();
+        assert_eq!(
+            s.partials().unwrap(),
+            HashMap::from([("sha256:a".to_owned(), 20)])
+        );
+        s.forget_partial("sha256:a").unwrap();
+        assert!(s.partials().unwrap().is_empty());
     }
 
     #[test]

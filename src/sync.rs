@@ -155,7 +155,8 @@ pub async fn run(
 
     let setup = || -> Result<(Mirror, RegistryClient), Fatal> {
         let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
-        let registry = RegistryClient::new(&config.source, &config.credentials)?;
+        let registry =
+            RegistryClient::with_network(&config.source, &config.credentials, &config.network)?;
         Ok((mirror, registry))
     };
     let (mirror, registry) = match setup() {
@@ -182,7 +183,13 @@ pub async fn run(
         cancel,
         progress: opts.progress.clone(),
     };
-    let result = run.execute(opts.full).await;
+    let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
+        Ok(r) => r,
+        Err(_) => Err(Fatal(format!(
+            "the run took longer than sync.run_timeout ({}); stopped",
+            humantime::format_duration(config.run_timeout)
+        ))),
+    };
     let (outcome, error) = match result {
         Ok(()) if cancel.is_cancelled() => (Outcome::Cancelled, Some("cancelled".to_owned())),
         Ok(()) if run.counts.specs_failed > 0 => (Outcome::Partial, None),
@@ -287,6 +294,7 @@ impl Run<'_> {
     }
 
     async fn execute(&mut self, full: bool) -> Result<(), Fatal> {
+        self.reconcile_partials()?;
         self.registry.authenticate().await?;
         let remote = self.registry.list_tags().await?;
 
@@ -423,6 +431,45 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Records how much of an interrupted download is kept, or forgets it when nothing is.
+    fn note_partial(&self, digest: &Digest) -> Result<(), Fatal> {
+        let path = self.mirror.partial_path(digest);
+        match std::fs::metadata(&path) {
+            Ok(m) => self.store.record_partial(
+                digest.as_str(),
+                &path.to_string_lossy(),
+                m.len(),
+                now(),
+            )?,
+            Err(_) => self.store.forget_partial(digest.as_str())?,
+        }
+        Ok(())
+    }
+
+    /// Matches kept downloads on disk with the ledger: files the ledger does not know are
+    /// deleted (nothing says what they are), rows without a file are forgotten, and offsets
+    /// are brought up to date (a killed process could not record them).
+    fn reconcile_partials(&self) -> Result<(), Fatal> {
+        let known = self.store.partials()?;
+        let on_disk = self.mirror.partials();
+        for (digest, len) in &on_disk {
+            if known.contains_key(digest.as_str()) {
+                let path = self.mirror.partial_path(digest);
+                self.store
+                    .record_partial(digest.as_str(), &path.to_string_lossy(), *len, now())?;
+                tracing::debug!(digest = %digest, kept = len, "interrupted download will resume");
+            } else {
+                self.mirror.discard_partial(digest)?;
+            }
+        }
+        for digest in known.keys() {
+            if !on_disk.iter().any(|(d, _)| d.as_str() == digest) {
+                self.store.forget_partial(digest)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `--full`: HEAD every known tag; those whose digest moved are fetched again.
     async fn recheck(&mut self, tags: Vec<(Tag, String)>) -> Result<Vec<Tag>, Fatal> {
         let registry = Arc::clone(&self.registry);
@@ -495,6 +542,12 @@ impl Run<'_> {
             p.blobs_total = jobs.len() as u64;
             p.bytes_total = bytes_total;
         });
+        for d in &jobs {
+            let path = self.mirror.partial_path(&d.digest);
+            let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
+            self.store
+                .record_partial(d.digest.as_str(), &path.to_string_lossy(), kept, now())?;
+        }
         let (registry, mirror) = (Arc::clone(&self.registry), self.mirror.clone());
         let mut results = futures_util::stream::iter(jobs)
             .map(move |d| {
@@ -512,6 +565,7 @@ impl Run<'_> {
                     self.counts.blobs_fetched += 1;
                     self.counts.bytes_fetched += size;
                     self.record_file(&spack::blob_path(&d.digest), "tarball", &d.digest, size)?;
+                    self.store.forget_partial(d.digest.as_str())?;
                     self.store.update_counts(self.run_id, &self.counts)?;
                     tracing::debug!(digest = %d.digest, bytes = size, "tarball stored");
                     self.report_progress(|p| {
@@ -522,6 +576,7 @@ impl Run<'_> {
                 Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
                 Err(ItemError::Item(msg)) => {
                     tracing::warn!(digest = %d.digest, error = msg, "tarball rejected");
+                    self.note_partial(&d.digest)?;
                     failed.insert(d.digest.clone(), msg);
                 }
             }
@@ -812,27 +867,104 @@ async fn fetch_spec(registry: &RegistryClient, tag: &Tag) -> Result<Fetched, Ite
     }
 }
 
-/// Streams one tarball into the mirror, verified against its digest and size.
+/// Streams one tarball into the mirror, verified against its digest and size. The download is
+/// kept in the staging directory while it goes: a transient failure (reset, truncation, stall,
+/// 5xx, 429) resumes from the bytes already there with a `Range` request, up to the configured
+/// attempts; a registry that ignores `Range` is read from the start again. A digest mismatch
+/// after a resumed download starts over once from 0; otherwise the bytes are discarded.
 async fn download(
     registry: &RegistryClient,
     mirror: &Mirror,
     d: &spack::Descriptor,
 ) -> Result<u64, ItemError> {
-    let mut body = registry.open_blob(&d.digest).await?;
-    let mut writer = mirror.blob_writer()?;
-    while let Some(chunk) = body.next_chunk().await? {
-        writer.write(&chunk).await?;
-        if writer.len() > d.size {
-            return Err(ItemError::Item(format!(
-                "blob {} is longer than the {} bytes its manifest says",
-                d.digest, d.size
-            )));
+    let mut writer = mirror.resume_writer(&d.digest, d.size).await?;
+    let mut attempt = 1;
+    let mut restarted = false;
+    loop {
+        let offset = writer.len();
+        if offset > 0 {
+            tracing::debug!(digest = %d.digest, offset, "resuming download");
+        }
+        let received = receive(registry, &mut writer, d, offset).await;
+        match received {
+            Ok(()) if writer.len() == d.size && writer.digest() == d.digest => {
+                let size = writer
+                    .publish_verified(&spack::blob_path(&d.digest), &d.digest, Some(d.size))
+                    .await?;
+                return Ok(size);
+            }
+            Ok(()) if offset > 0 && !restarted => {
+                tracing::warn!(digest = %d.digest, offset, "resumed download does not verify; starting over");
+                restarted = true;
+                writer.restart().await?;
+            }
+            Ok(()) => {
+                let (actual, len) = (writer.digest(), writer.len());
+                writer.discard().await;
+                return Err(ItemError::Item(format!(
+                    "blob {} arrived as {len} bytes with digest {actual} (expected {} bytes); discarded",
+                    d.digest, d.size
+                )));
+            }
+            Err(DownloadError::Registry(e))
+                if e.is_transient() && attempt < registry.max_attempts() =>
+            {
+                let delay = registry::retry_delay(attempt, e.retry_after(), fastrand::f64());
+                tracing::warn!(
+                    digest = %d.digest,
+                    attempt,
+                    kept = writer.len(),
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error = &e as &dyn std::error::Error,
+                    "download interrupted; resuming"
+                );
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(DownloadError::Registry(e)) => {
+                writer.keep().await?;
+                return Err(e.into());
+            }
+            Err(DownloadError::TooLong) => {
+                writer.discard().await;
+                return Err(ItemError::Item(format!(
+                    "blob {} is longer than the {} bytes its manifest says; discarded",
+                    d.digest, d.size
+                )));
+            }
+            Err(DownloadError::Mirror(e)) => return Err(e.into()),
         }
     }
-    let size = writer
-        .publish_verified(&spack::blob_path(&d.digest), &d.digest, Some(d.size))
-        .await?;
-    Ok(size)
+}
+
+enum DownloadError {
+    Registry(registry::Error),
+    Mirror(mirror::Error),
+    TooLong,
+}
+
+/// One request for the rest of a blob, appended to `writer`.
+async fn receive(
+    registry: &RegistryClient,
+    writer: &mut mirror::BlobWriter,
+    d: &spack::Descriptor,
+    offset: u64,
+) -> Result<(), DownloadError> {
+    let mut body = registry
+        .open_blob(&d.digest, offset)
+        .await
+        .map_err(DownloadError::Registry)?;
+    if offset > 0 && !body.is_resumed() {
+        tracing::debug!(digest = %d.digest, "registry ignored Range; reading from the start");
+        writer.restart().await.map_err(DownloadError::Mirror)?;
+    }
+    while let Some(chunk) = body.next_chunk().await.map_err(DownloadError::Registry)? {
+        writer.write(&chunk).await.map_err(DownloadError::Mirror)?;
+        if writer.len() > d.size {
+            return Err(DownloadError::TooLong);
+        }
+    }
+    Ok(())
 }
 
 impl Digest {

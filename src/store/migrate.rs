@@ -4,7 +4,10 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_partials.sql"),
+];
 
 /// The schema version this build writes.
 pub fn latest() -> i64 {

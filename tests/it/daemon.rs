@@ -258,17 +258,23 @@ fn slow_source(repo: &str, seed: u64) -> (GhcrFront, String) {
     (front, url)
 }
 
-fn staged_files(env: &Env) -> usize {
-    files_under(&env.state().join("tmp")).len()
+/// Bytes in the staging directory (downloads in progress or kept for resuming).
+fn staged_bytes(env: &Env) -> u64 {
+    let dir = env.state().join("tmp");
+    files_under(&dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[test]
-fn sigterm_during_a_download_exits_0_quickly_and_leaves_no_partial_file() {
-    let (_front, url) = slow_source("daemon/slow-term", 605);
+fn sigterm_during_a_download_exits_0_quickly_and_the_next_sync_resumes_it() {
+    let (front, url) = slow_source("daemon/slow-term", 605);
     let env = env_with(&url, "0 0 0 1 1 *", true);
     let mut d = Daemon::start(&env, &[]);
     wait_until(Duration::from_secs(20), "a download in progress", || {
-        staged_files(&env) > 0
+        staged_bytes(&env) > 256 << 10
     });
     // status reads the run in progress, without waiting for it.
     let run = last_run(&env);
@@ -278,7 +284,6 @@ fn sigterm_during_a_download_exits_0_quickly_and_leaves_no_partial_file() {
     let (code, took) = d.stop(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", d.log());
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert_eq!(staged_files(&env), 0, "a staged download was left behind");
     assert!(
         !files_under(&env.root())
             .iter()
@@ -287,6 +292,29 @@ fn sigterm_during_a_download_exits_0_quickly_and_leaves_no_partial_file() {
         files_under(&env.root())
     );
     assert_eq!(last_run(&env)["outcome"], "cancelled");
+    // What was received stays in the state directory, not the mirror, for the next run.
+    let staged = files_under(&env.state().join("tmp"));
+    assert!(
+        staged.len() == 1 && staged[0].ends_with(".partial"),
+        "{staged:?}"
+    );
+
+    front.clear_requests();
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let ranges: Vec<String> = front
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.range)
+        .collect();
+    assert!(
+        ranges
+            .iter()
+            .any(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-")),
+        "the download did not resume: {ranges:?}"
+    );
+    assert_eq!(staged_bytes(&env), 0);
+    assert_eq!(specs(&env), 1);
 }
 
 #[test]
@@ -295,7 +323,7 @@ fn sync_now_waits_for_a_daemon_run_and_no_wait_fails_fast() {
     let env = env_with(&url, "0 0 0 1 1 *", true);
     let mut d = Daemon::start(&env, &[]);
     wait_until(Duration::from_secs(20), "a download in progress", || {
-        staged_files(&env) > 0
+        staged_bytes(&env) > 0
     });
     let out = env.run(&["sync", "--now", "--no-wait"]);
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));

@@ -71,6 +71,8 @@ pub struct RequestRecord {
     pub host: Option<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 impl RequestRecord {
@@ -352,6 +354,7 @@ impl State {
             path: path_and_query.clone(),
             host: header_string(req.headers(), &header::HOST),
             authorization: authorization.clone(),
+            range: header_string(req.headers(), &header::RANGE),
         });
         if let Some(response) = self.take_fault(req.method(), &path_and_query) {
             return response;
