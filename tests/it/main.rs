@@ -9,6 +9,7 @@
 
 mod cli;
 mod daemon;
+mod faults;
 mod harness_selftest;
 mod support;
 mod sync;

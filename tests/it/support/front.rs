@@ -131,6 +131,27 @@ impl Fault {
     }
 }
 
+/// What the blob store does wrong to a blob body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFaultKind {
+    /// Sends this many bytes, then breaks the connection.
+    Truncate(usize),
+    /// Sends this many bytes, then nothing more, keeping the connection open.
+    Stall(usize),
+    /// Flips one bit in the first bytes sent.
+    Corrupt,
+    /// Answers a `Range` request with `200` and the whole blob.
+    IgnoreRange,
+}
+
+/// A fault applied to the next `times` blob bodies whose path contains `path_contains`.
+#[derive(Clone, Debug)]
+pub struct BodyFault {
+    pub path_contains: String,
+    pub kind: BodyFaultKind,
+    pub times: usize,
+}
+
 /// The running front. See the module doc.
 pub struct GhcrFront {
     addr: SocketAddr,
@@ -167,6 +188,7 @@ impl GhcrFront {
             tokens: Mutex::new(HashMap::new()),
             records: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
+            body_faults: Mutex::new(Vec::new()),
             token_seq: AtomicU64::new(0),
         });
 
@@ -230,6 +252,15 @@ impl GhcrFront {
 
     pub fn clear_requests(&self) {
         self.state.records.lock().unwrap().clear();
+    }
+
+    /// Adds a fault for blob bodies served by the blob store (the redirect target).
+    pub fn inject_body_fault(&self, path_contains: &str, kind: BodyFaultKind, times: usize) {
+        self.state.body_faults.lock().unwrap().push(BodyFault {
+            path_contains: path_contains.to_owned(),
+            kind,
+            times,
+        });
     }
 
     /// Adds a fault; faults are matched in the order they were added.
@@ -298,6 +329,7 @@ struct State {
     tokens: Mutex<HashMap<String, Vec<String>>>,
     records: Mutex<Vec<RequestRecord>>,
     faults: Mutex<Vec<Fault>>,
+    body_faults: Mutex<Vec<BodyFault>>,
     token_seq: AtomicU64,
 }
 
@@ -581,10 +613,22 @@ impl State {
         let Some((name, digest)) = rest.rsplit_once('/') else {
             return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "no such blob");
         };
+        let fault = {
+            let mut faults = self.body_faults.lock().unwrap();
+            faults
+                .iter_mut()
+                .find(|f| f.times > 0 && rest.contains(&f.path_contains))
+                .map(|f| {
+                    f.times -= 1;
+                    f.kind
+                })
+        };
         let mut request = self
             .client
             .get(format!("http://{}/v2/{name}/blobs/{digest}", self.upstream));
-        if let Some(range) = req.headers().get(header::RANGE) {
+        if let Some(range) = req.headers().get(header::RANGE)
+            && fault != Some(BodyFaultKind::IgnoreRange)
+        {
             request = request.header(header::RANGE, range.clone());
         }
         let upstream = match request.send().await {
@@ -605,9 +649,17 @@ impl State {
             response = response.header(header::CONTENT_TYPE, "application/octet-stream");
         }
         response
-            .body(match self.opts.throttle_bytes_per_sec {
-                Some(rate) => throttled_body(upstream, rate),
-                None => stream_body(upstream),
+            .body(match (fault, self.opts.throttle_bytes_per_sec) {
+                (
+                    Some(
+                        kind @ (BodyFaultKind::Truncate(_)
+                        | BodyFaultKind::Stall(_)
+                        | BodyFaultKind::Corrupt),
+                    ),
+                    _,
+                ) => faulty_body(upstream, kind),
+                (_, Some(rate)) => throttled_body(upstream, rate),
+                (_, None) => stream_body(upstream),
             })
             .expect("a valid blobstore response")
     }
@@ -698,6 +750,57 @@ fn stream_body(upstream: reqwest::Response) -> Body {
         .map_ok(Frame::data)
         .map_err(|e| Box::new(e) as BoxError);
     StreamBody::new(frames).boxed()
+}
+
+/// The body with `kind` applied: cut, stalled or corrupted.
+fn faulty_body(upstream: reqwest::Response, kind: BodyFaultKind) -> Body {
+    let limit = match kind {
+        BodyFaultKind::Truncate(n) | BodyFaultKind::Stall(n) => n,
+        BodyFaultKind::Corrupt | BodyFaultKind::IgnoreRange => usize::MAX,
+    };
+    let frames = async_stream_of(upstream, limit, kind);
+    StreamBody::new(frames).boxed()
+}
+
+/// Up to `limit` bytes of the upstream body, then the fault's ending.
+fn async_stream_of(
+    upstream: reqwest::Response,
+    limit: usize,
+    kind: BodyFaultKind,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
+    let sent = Arc::new(AtomicU64::new(0));
+    let head = upstream
+        .bytes_stream()
+        .map_err(|e| Box::new(e) as BoxError)
+        .try_filter_map(move |mut chunk| {
+            let sent = sent.clone();
+            async move {
+                let before = usize::try_from(sent.load(Ordering::SeqCst)).unwrap();
+                if before >= limit {
+                    return Ok(None);
+                }
+                if kind == BodyFaultKind::Corrupt && before == 0 && !chunk.is_empty() {
+                    let mut v = chunk.to_vec();
+                    v[0] ^= 0x01;
+                    chunk = Bytes::from(v);
+                }
+                let take = chunk.len().min(limit - before);
+                sent.fetch_add(take as u64, Ordering::SeqCst);
+                Ok(Some(Frame::data(chunk.slice(..take))))
+            }
+        });
+    let tail: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync>,
+    > = match kind {
+        BodyFaultKind::Truncate(_) => Box::pin(futures_util::stream::once(async {
+            Err(Box::new(std::io::Error::other("injected connection reset")) as BoxError)
+        })),
+        BodyFaultKind::Stall(_) => Box::pin(futures_util::stream::pending()),
+        BodyFaultKind::Corrupt | BodyFaultKind::IgnoreRange => {
+            Box::pin(futures_util::stream::empty())
+        }
+    };
+    futures_util::StreamExt::chain(head, tail)
 }
 
 /// The body in 16 KiB pieces, each after the pause that keeps the rate near `rate` bytes/s.

@@ -4,8 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+
+use serde_json::Value;
 use spack_mirrord::config::Credentials;
 use spack_mirrord::demo;
+use spack_mirrord::demo::GeneratedSpec;
 use spack_mirrord::registry::RegistryClient;
 
 /// A temporary installation: config file, mirror root and state directory.
@@ -139,4 +145,97 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+pub fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+pub fn blob(root: &Path, hex: &str) -> std::path::PathBuf {
+    root.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Checks the mirror is a complete Spack v3 mirror serving exactly `specs`.
+pub fn check_mirror(root: &Path, specs: &[&GeneratedSpec]) {
+    assert_eq!(
+        std::fs::read(root.join("v3/layout.json")).unwrap(),
+        br#"{"signing": "gpg"}"#
+    );
+    // Every blob is where its digest says and is intact; modes let any user read.
+    for rel in files_under(root) {
+        let p = root.join(&rel);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{rel}");
+        if let Some(hex) = rel.strip_prefix("blobs/sha256/") {
+            let hex = hex.split('/').nth(1).unwrap();
+            assert_eq!(sha256_file(&p), hex, "{rel} does not hash to its name");
+        }
+    }
+    for d in [
+        "blobs",
+        "blobs/sha256",
+        "v3",
+        "v3/manifests",
+        "v3/manifests/spec",
+    ] {
+        let mode = std::fs::metadata(root.join(d))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "{d}");
+    }
+    // The index lists exactly the expected specs.
+    let index = read_json(&root.join("v3/manifests/index/index.manifest.json"));
+    assert_eq!(index["version"], 3);
+    let rec = &index["data"][0];
+    assert_eq!(rec["mediaType"], "application/vnd.spack.db.v8+json");
+    assert_eq!(rec["compression"], "none");
+    let index_blob = blob(root, rec["checksum"].as_str().unwrap());
+    assert_eq!(
+        std::fs::metadata(&index_blob).unwrap().len(),
+        rec["contentLength"].as_u64().unwrap()
+    );
+    let db = read_json(&index_blob);
+    assert_eq!(db["database"]["version"], "8");
+    let listed: BTreeSet<String> = db["database"]["installs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["in_buildcache"] == true)
+        .map(|(h, _)| h.clone())
+        .collect();
+    let expected: BTreeSet<String> = specs.iter().map(|s| s.hash.clone()).collect();
+    assert_eq!(listed, expected, "index in_buildcache set");
+    // Each spec: manifest at Spack's path, tarball record = the OCI layer, spec blob = option A.
+    let manifests: Vec<String> = files_under(&root.join("v3/manifests/spec"));
+    assert_eq!(manifests.len(), specs.len(), "{manifests:?}");
+    for s in specs {
+        let path = root.join(format!(
+            "v3/manifests/spec/{0}/{0}-{1}-{2}.spec.manifest.json",
+            s.name, s.version, s.hash
+        ));
+        let m = read_json(&path);
+        let tarball = &m["data"][0];
+        assert_eq!(
+            tarball["mediaType"],
+            "application/vnd.spack.install.v2.tar+gzip"
+        );
+        assert_eq!(tarball["checksum"], s.tarball.hex());
+        assert_eq!(tarball["contentLength"], s.tarball_size);
+        assert!(blob(root, s.tarball.hex()).is_file());
+        let spec = &m["data"][1];
+        assert_eq!(spec["mediaType"], "application/vnd.spack.spec.v5+json");
+        let gz = std::fs::read(blob(root, spec["checksum"].as_str().unwrap())).unwrap();
+        assert_eq!(gz.len() as u64, spec["contentLength"].as_u64().unwrap());
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert!(text.starts_with(r#"{"spec":{"_meta":{"version":5},"nodes":[{"#));
+        assert!(text.ends_with(r#","buildcache_layout_version":2}"#));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["spec"]["nodes"][0]["hash"], s.hash.as_str());
+    }
 }
