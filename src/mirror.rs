@@ -72,6 +72,9 @@ pub struct Mirror {
 }
 
 const FILE_MODE: u32 = 0o644;
+/// Bytes buffered before a write to the staged file: also how much of an interrupted download
+/// a killed process can lose.
+const WRITE_BUFFER: usize = 256 << 10;
 const DIR_MODE: u32 = 0o755;
 
 impl Mirror {
@@ -171,7 +174,10 @@ impl Mirror {
         let (file, path) = temp.into_parts();
         Ok(BlobWriter {
             mirror: self.clone(),
-            file: tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
+            file: tokio::io::BufWriter::with_capacity(
+                WRITE_BUFFER,
+                tokio::fs::File::from_std(file),
+            ),
             staged: Staged::Temp(path),
             hasher: sha2::Sha256::new(),
             len: 0,
@@ -219,7 +225,7 @@ impl Mirror {
         file.seek(io::SeekFrom::End(0)).await.map_err(err)?;
         Ok(BlobWriter {
             mirror: self.clone(),
-            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
             staged: Staged::Kept(path),
             hasher,
             len,

@@ -8,6 +8,7 @@
 //! in its own repository.
 
 mod cli;
+mod crash;
 mod daemon;
 mod faults;
 mod harness_selftest;

@@ -239,3 +239,50 @@ pub fn check_mirror(root: &Path, specs: &[&GeneratedSpec]) {
         assert_eq!(v["spec"]["nodes"][0]["hash"], s.hash.as_str());
     }
 }
+
+/// Checks what a reader of the mirror can see is consistent, whatever state a writer was
+/// stopped in: every blob hashes to its name, every manifest's records point at present,
+/// intact blobs, the index lists only specs whose manifest is there, and nothing else
+/// (no temporary file) is under the root.
+pub fn check_consistent(root: &Path) {
+    for rel in files_under(root) {
+        let p = root.join(&rel);
+        if let Some(rest) = rel.strip_prefix("blobs/sha256/") {
+            let hex = rest.split('/').nth(1).unwrap();
+            assert_eq!(sha256_file(&p), hex, "{rel} does not hash to its name");
+        } else if rel.starts_with("v3/manifests/") {
+            let m = read_json(&p);
+            for rec in m["data"].as_array().unwrap() {
+                let hex = rec["checksum"].as_str().unwrap();
+                let b = blob(root, hex);
+                assert!(b.is_file(), "{rel} points at missing blob {hex}");
+                assert_eq!(
+                    std::fs::metadata(&b).unwrap().len(),
+                    rec["contentLength"].as_u64().unwrap(),
+                    "{rel}: size of {hex}"
+                );
+            }
+        } else {
+            assert_eq!(
+                rel, "v3/layout.json",
+                "unexpected file under the root: {rel}"
+            );
+        }
+    }
+    let index = root.join("v3/manifests/index/index.manifest.json");
+    if index.exists() {
+        let m = read_json(&index);
+        let db = read_json(&blob(root, m["data"][0]["checksum"].as_str().unwrap()));
+        let manifests = files_under(&root.join("v3/manifests/spec"));
+        for (hash, rec) in db["database"]["installs"].as_object().unwrap() {
+            if rec["in_buildcache"] == true {
+                assert!(
+                    manifests
+                        .iter()
+                        .any(|m| m.ends_with(&format!("-{hash}.spec.manifest.json"))),
+                    "the index lists {hash} without its manifest"
+                );
+            }
+        }
+    }
+}

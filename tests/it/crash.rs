@@ -1,0 +1,128 @@
+//! Crash safety: the real binary is killed (SIGKILL) at several points of a slow sync. After
+//! each kill the mirror a reader sees is consistent; the next sync resumes the interrupted
+//! download with a `Range` request, fetches less than a cold sync, and completes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::front::{FrontOptions, GhcrFront};
+use crate::support::mirrord::{
+    Env, check_consistent, check_mirror, files_under, push_generated, text,
+};
+use crate::support::registry::TestRegistry;
+
+fn published_tarballs(env: &Env) -> usize {
+    files_under(&env.root().join("blobs"))
+        .iter()
+        .filter(|f| {
+            std::fs::metadata(env.root().join("blobs").join(f))
+                .unwrap()
+                .len()
+                > 100_000
+        })
+        .count()
+}
+
+fn staged_bytes(env: &Env) -> u64 {
+    let dir = env.state().join("tmp");
+    files_under(&dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn pause() {
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let _ = rx.recv_timeout(Duration::from_millis(20));
+}
+
+#[test]
+fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
+    let reg = TestRegistry::shared();
+    let repo = "crash/kill";
+    let cache = push_generated(&reg.url(repo), 4, 1_000_000, 1001);
+    let front = GhcrFront::start(
+        reg.addr(),
+        FrontOptions {
+            throttle_bytes_per_sec: Some(2_000_000),
+            ..FrontOptions::default()
+        },
+    );
+    let env = Env::new(&front.url(repo));
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("concurrency = 4", "concurrency = 1");
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let total: u64 = cache.specs.iter().map(|s| s.tarball_size).sum();
+
+    // Kill while the first download runs, then after one and after two tarballs are in.
+    type Point = (&'static str, Box<dyn Fn(&Env) -> bool>);
+    let points: [Point; 3] = [
+        (
+            "mid-download",
+            Box::new(|e: &Env| staged_bytes(e) > 300_000),
+        ),
+        (
+            "one published",
+            Box::new(|e: &Env| published_tarballs(e) >= 1 && staged_bytes(e) > 300_000),
+        ),
+        (
+            "two published",
+            Box::new(|e: &Env| published_tarballs(e) >= 2),
+        ),
+    ];
+    for (name, reached) in &points {
+        let log = env.dir.path().join("sync.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
+            .args([
+                "--config",
+                env.config_path().to_str().unwrap(),
+                "sync",
+                "--now",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !reached(&env) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "sync ended ({status}) before the {name} point: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never reached {name}"
+            );
+            pause();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        check_consistent(&env.root());
+        let run = env.status_json()["last_run"].clone();
+        assert_eq!(run["outcome"], "failed", "{name}: {run}");
+        assert_eq!(run["error"], "interrupted", "{name}: {run}");
+    }
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&env.root(), &cache.specs.iter().collect::<Vec<_>>());
+    check_consistent(&env.root());
+    let run = env.status_json()["last_run"].clone();
+    let fetched = run["bytes_fetched"].as_u64().unwrap();
+    assert!(
+        fetched < total,
+        "fetched {fetched} of {total}: nothing was kept"
+    );
+    let resumed = front
+        .requests()
+        .iter()
+        .filter_map(|r| r.range.clone())
+        .any(|r| !r.starts_with("bytes=0-"));
+    assert!(resumed, "no interrupted download was resumed");
+}
