@@ -37,6 +37,9 @@ fn pause() {
     let _ = rx.recv_timeout(Duration::from_millis(20));
 }
 
+/// A moment of the sync to kill it at, and how to see it was reached.
+type Point = (&'static str, Box<dyn Fn(&Env) -> bool>);
+
 #[test]
 fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
     let reg = TestRegistry::shared();
@@ -57,7 +60,6 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
     let total: u64 = cache.specs.iter().map(|s| s.tarball_size).sum();
 
     // Kill while the first download runs, then after one and after two tarballs are in.
-    type Point = (&'static str, Box<dyn Fn(&Env) -> bool>);
     let points: [Point; 3] = [
         (
             "mid-download",
