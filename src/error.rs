@@ -20,6 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Sync(#[from] crate::sync::Error),
     #[error(transparent)]
+    Mirror(#[from] crate::mirror::Error),
+    #[error(transparent)]
     Daemon(#[from] crate::daemon::Error),
     #[error("{0}")]
     Usage(String),

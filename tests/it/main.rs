@@ -12,3 +12,4 @@ mod daemon;
 mod harness_selftest;
 mod support;
 mod sync;
+mod verify;
