@@ -62,7 +62,7 @@ impl Error {
                     .to_owned(),
             ),
             Self::Store(crate::store::Error::Open { .. }) => Some(
-                "status needs read access to state.dir: run it as root, as the service user, or as a member of its group (usermod -aG)"
+                "status and verify need read access to state.dir: run them as root, as the service user, or as a member of its group (usermod -aG)"
                     .to_owned(),
             ),
             _ => None,
