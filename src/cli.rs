@@ -60,6 +60,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-hash every mirrored file and check it against the ledger and the manifests.
+    ///
+    /// Reports files the ledger records that are missing or whose bytes differ (corrupt),
+    /// manifests that reference blobs the mirror cannot serve, and files under blobs/ and v3/
+    /// that the ledger does not record (extra: listed, never touched). Exits 0 when nothing is
+    /// missing or corrupt (extra files alone do not fail it), 1 otherwise. With --repair, takes
+    /// the run lock, discards the missing and corrupt files, runs one sync to fetch them again,
+    /// verifies once more and exits by that second result. Shows progress when stderr is a
+    /// terminal. Only reads the ledger unless --repair is given.
+    Verify {
+        /// Discard missing and corrupt files and run one sync to restore them.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON (schema in README.md) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

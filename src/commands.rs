@@ -6,7 +6,9 @@
     reason = "commands.rs is where the program talks to its user"
 )]
 
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,9 +17,11 @@ use crate::config::{self, Config};
 use crate::error::{Error, exit};
 use crate::lock;
 use crate::logging;
+use crate::mirror::Mirror;
 use crate::status::{StatusReport, human_bytes};
-use crate::store::Outcome;
+use crate::store::{Outcome, Store};
 use crate::sync::{self, Trigger};
+use crate::verify::VerifyReport;
 
 /// Runs the command; `Ok` carries the exit code of a command that ran.
 #[expect(
@@ -43,6 +47,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
                 "asked the daemon (pid {pid}) to sync now; follow it with `spack-mirrord status`"
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { repair, json } => {
+            logging::init(&config.log_level, config.log_format);
+            runtime()?.block_on(verify(&config, repair, json))
         }
         Command::Daemon => {
             logging::init(&config.log_level, config.log_format);
@@ -99,8 +107,9 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
-    let run_lock = match lock::try_acquire(&config.state_dir) {
+/// Takes the run lock; unless `no_wait`, waits for another writer, saying so on stderr.
+async fn take_run_lock(config: &Config, no_wait: bool) -> Result<lock::RunLock, Error> {
+    Ok(match lock::try_acquire(&config.state_dir) {
         Ok(l) => l,
         Err(lock::Error::Busy { path }) if !no_wait => {
             eprintln!(
@@ -115,7 +124,11 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
             lock::try_acquire(&config.state_dir)?
         }
         Err(e) => return Err(e.into()),
-    };
+    })
+}
+
+async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
+    let run_lock = take_run_lock(config, no_wait).await?;
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
     let report = sync::run(
@@ -129,8 +142,19 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         &cancel,
     )
     .await?;
+    println!("{}", sync_line(&report));
+    print_sync_problems(&report);
+    Ok(ExitCode::from(match report.outcome {
+        Outcome::Success => exit::OK,
+        Outcome::Cancelled => exit::CANCELLED,
+        Outcome::Partial | Outcome::Failed | Outcome::Running => exit::FAILED,
+    }))
+}
+
+/// One line summing up a run.
+fn sync_line(report: &sync::Report) -> String {
     let c = &report.counts;
-    let line = format!(
+    format!(
         "{}: {} specs listed, {} fetched, {} failed, {} skipped; {} blobs ({}) in {:.1}s",
         report.outcome.as_str(),
         c.specs_total,
@@ -141,8 +165,11 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         human_bytes(c.bytes_fetched),
         // Display only: a run's milliseconds fit an f64 exactly for any realistic length.
         f64::from(u32::try_from(report.elapsed_ms).unwrap_or(u32::MAX)) / 1000.0,
-    );
-    println!("{line}");
+    )
+}
+
+/// The run's failures (the first ten) and its error, on stderr.
+fn print_sync_problems(report: &sync::Report) {
     for p in report
         .problems
         .iter()
@@ -154,9 +181,178 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
     if let Some(e) = &report.error {
         eprintln!("error: {e}");
     }
-    Ok(ExitCode::from(match report.outcome {
-        Outcome::Success => exit::OK,
-        Outcome::Cancelled => exit::CANCELLED,
-        Outcome::Partial | Outcome::Failed | Outcome::Running => exit::FAILED,
-    }))
+}
+
+/// `verify [--repair] [--json]`: exit 0 when nothing is missing or corrupt (after the repair,
+/// with `--repair`), 1 otherwise, 130 when the repair's sync was interrupted.
+async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, Error> {
+    let Some(store) = Store::open_read_only(&config.state_dir)? else {
+        if json {
+            print_json(&VerifyReport::default())?;
+        } else {
+            println!(
+                "nothing to verify: nothing was mirrored yet (no ledger in {}); start with `spack-mirrord sync --now`",
+                config.state_dir.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let concurrency = hash_concurrency(config);
+    if !repair {
+        let mirror = Mirror::existing(&config.mirror_root);
+        let report = inspect_with_progress(&store, &mirror, concurrency).await?;
+        if json {
+            print_json(&report)?;
+        } else {
+            print!("{report}");
+        }
+        return Ok(verdict(&report));
+    }
+    drop(store);
+
+    let run_lock = take_run_lock(config, false).await?;
+    let store = Store::open(&config.state_dir)?;
+    let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
+    let before = inspect_with_progress(&store, &mirror, concurrency).await?;
+    if before.is_sound() {
+        if json {
+            print_json(&serde_json::json!({
+                "before": before, "discarded": [], "sync": null, "after": before,
+            }))?;
+        } else {
+            print!("{before}");
+            println!("nothing to repair");
+        }
+        return Ok(verdict(&before));
+    }
+    if !json {
+        print!("{before}");
+    }
+    let discarded = sync::discard(&store, &mirror, &before).await?;
+    drop(store);
+    if !json {
+        println!(
+            "repair: discarded {} missing or corrupt files; syncing to restore them",
+            discarded.len()
+        );
+    }
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let sync_report = sync::run(
+        config,
+        &run_lock,
+        sync::Options {
+            trigger: Trigger::Manual,
+            full: false,
+            progress: None,
+        },
+        &cancel,
+    )
+    .await?;
+    if !json {
+        println!("{}", sync_line(&sync_report));
+    }
+    print_sync_problems(&sync_report);
+    if sync_report.outcome == Outcome::Cancelled {
+        return Ok(ExitCode::from(exit::CANCELLED));
+    }
+    let store = Store::open(&config.state_dir)?;
+    let after = inspect_with_progress(&store, &mirror, concurrency).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "before": before,
+            "discarded": discarded,
+            "sync": {
+                "outcome": sync_report.outcome,
+                "error": sync_report.error,
+                "counts": sync_report.counts,
+            },
+            "after": after,
+        }))?;
+    } else {
+        println!("after repair:");
+        print!("{after}");
+    }
+    Ok(verdict(&after))
+}
+
+fn verdict(report: &VerifyReport) -> ExitCode {
+    ExitCode::from(if report.is_sound() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Usage(format!("cannot render the verify report: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Files hashed at once: no more than `sync.concurrency`, nor than there are cores to hash on.
+fn hash_concurrency(config: &Config) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    config.concurrency.min(cores).max(1)
+}
+
+async fn inspect_with_progress(
+    store: &Store,
+    mirror: &Mirror,
+    concurrency: usize,
+) -> Result<VerifyReport, Error> {
+    let mut line = ProgressLine::new();
+    let report = sync::inspect(store, mirror, concurrency, |done, total| {
+        line.show(done, total);
+    })
+    .await;
+    line.clear();
+    Ok(report?)
+}
+
+/// A `\r`-updated "verifying N/M files" line on stderr, only when stderr is a terminal.
+struct ProgressLine {
+    on: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    /// How often the line is redrawn at most.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new() -> Self {
+        Self {
+            on: std::io::stderr().is_terminal(),
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, done: u64, total: u64) {
+        if !self.on {
+            return;
+        }
+        if done == total {
+            // Clear before the "mirror verified" log line follows.
+            self.clear();
+            return;
+        }
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.shown = true;
+        eprint!("\rverifying {done}/{total} files");
+        let _ = std::io::stderr().flush();
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+            self.shown = false;
+        }
+    }
 }

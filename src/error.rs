@@ -20,6 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Sync(#[from] crate::sync::Error),
     #[error(transparent)]
+    Mirror(#[from] crate::mirror::Error),
+    #[error(transparent)]
     Daemon(#[from] crate::daemon::Error),
     #[error("{0}")]
     Usage(String),
@@ -60,7 +62,7 @@ impl Error {
                     .to_owned(),
             ),
             Self::Store(crate::store::Error::Open { .. }) => Some(
-                "status needs read access to state.dir: run it as root, as the service user, or as a member of its group (usermod -aG)"
+                "status and verify need read access to state.dir: run them as root, as the service user, or as a member of its group (usermod -aG)"
                     .to_owned(),
             ),
             _ => None,

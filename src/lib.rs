@@ -1,7 +1,7 @@
 //! spack-mirrord mirrors a Spack build cache from an OCI registry into a Spack v3 `file://`
 //! mirror. See ARCHITECTURE.md for the module map, one sync step by step, and the invariants.
 //!
-//! Pure core: `model`, `spack`, `plan`, `demo`. Edges, one owner each: `registry` (HTTP),
+//! Pure core: `model`, `spack`, `plan`, `verify`, `demo`. Edges, one owner each: `registry` (HTTP),
 //! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment).
 //! `sync` applies plans; `commands` is the only module that prints.
 
@@ -21,3 +21,4 @@ pub mod spack;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod verify;

@@ -5,6 +5,10 @@
 //! directory on the same filesystem (never under the root), hashed while written, fsynced,
 //! given mode 0644 and renamed into place; then its directory is fsynced. Directories are
 //! 0755, so Spack run by any user can read the mirror.
+//!
+//! It also reads the mirror back for `verify`: hashing files (streamed, 1 MiB at a time, off the
+//! async threads) and listing what is under `blobs/` and `v3/`. A mirror opened with
+//! [`Mirror::existing`] only reads: it creates nothing and refuses every write.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -31,6 +35,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mirror root {root} was opened read-only; nothing may be written under it")]
+    ReadOnly { root: PathBuf },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -68,8 +80,26 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct Mirror {
     root: PathBuf,
-    staging: PathBuf,
+    /// `None` for a read-only mirror ([`Mirror::existing`]).
+    staging: Option<PathBuf>,
 }
+
+/// What is at a path under the mirror root, hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hashed {
+    Missing,
+    /// Something other than a regular file: a directory, a symlink, a device.
+    NotAFile,
+    File {
+        digest: Digest,
+        size: u64,
+    },
+}
+
+/// The directories under the root that hold what spack-mirrord publishes.
+const PUBLISHED_DIRS: [&str; 2] = ["blobs", "v3"];
+/// Bytes read at a time while hashing.
+const HASH_CHUNK: usize = 1 << 20;
 
 const FILE_MODE: u32 = 0o644;
 /// Bytes buffered before a write to the staged file: also how much of an interrupted download
@@ -113,16 +143,26 @@ impl Mirror {
         tracing::debug!(staging = %staging.display(), "staging directory chosen");
         Ok(Self {
             root: root.to_owned(),
-            staging,
+            staging: Some(staging),
         })
+    }
+
+    /// A read-only view of the mirror at `root`, which may not exist: nothing is created, and
+    /// every write fails with [`Error::ReadOnly`].
+    pub fn existing(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            staging: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn staging(&self) -> &Path {
-        &self.staging
+    /// Where downloads are staged; `None` for a read-only mirror.
+    pub fn staging(&self) -> Option<&Path> {
+        self.staging.as_deref()
     }
 
     fn path(&self, rel: &str) -> Result<PathBuf, Error> {
@@ -151,7 +191,30 @@ impl Mirror {
         let p = self.path(rel)?;
         tokio::fs::read(&p)
             .await
-            .map_err(|source| Error::Write { path: p, source })
+            .map_err(|source| Error::Read { path: p, source })
+    }
+
+    /// Hashes what is at `rel` (sha256, streamed). A missing path or one that is not a regular
+    /// file is an answer, not an error; symlinks are not followed.
+    pub async fn hash_file(&self, rel: &str) -> Result<Hashed, Error> {
+        let p = self.path(rel)?;
+        tokio::task::spawn_blocking(move || hash_blocking(&p))
+            .await
+            .map_err(|e| Error::Read {
+                path: self.root.join(rel),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// Every non-directory entry under `blobs/` and `v3/`, relative to the root, sorted. The
+    /// directories may be absent (nothing published yet).
+    pub fn walk(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for dir in PUBLISHED_DIRS {
+            walk_dir(&self.root, &self.root.join(dir), &mut out)?;
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Atomically writes a small file under the root.
@@ -164,11 +227,14 @@ impl Mirror {
 
     /// A staged file to stream into; nothing is visible under the root until `publish`.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
+        let staging = self.staging.as_ref().ok_or_else(|| Error::ReadOnly {
+            root: self.root.clone(),
+        })?;
         let temp = tempfile::Builder::new()
             .prefix("blob-")
-            .tempfile_in(&self.staging)
+            .tempfile_in(staging)
             .map_err(|source| Error::Write {
-                path: self.staging.clone(),
+                path: staging.clone(),
                 source,
             })?;
         let (file, path) = temp.into_parts();
@@ -259,6 +325,11 @@ impl Mirror {
 
     /// Removes a file under the root (ledger-recorded files only; the caller checks).
     pub async fn remove(&self, rel: &str) -> Result<(), Error> {
+        if self.staging.is_none() {
+            return Err(Error::ReadOnly {
+                root: self.root.clone(),
+            });
+        }
         let p = self.path(rel)?;
         match tokio::fs::remove_file(&p).await {
             Ok(()) => Ok(()),
@@ -425,6 +496,62 @@ impl BlobWriter {
     }
 }
 
+fn hash_blocking(p: &Path) -> Result<Hashed, Error> {
+    use std::io::Read as _;
+    let read_err = |source| Error::Read {
+        path: p.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Hashed::Missing),
+        Err(e) => return Err(read_err(e)),
+        Ok(m) if !m.is_file() => return Ok(Hashed::NotAFile),
+        Ok(_) => {}
+    }
+    let mut file = match std::fs::File::open(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Hashed::Missing),
+        other => other.map_err(read_err)?,
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0; HASH_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Hashed::File {
+        digest: Digest::from_hash(hasher.finalize().as_slice()),
+        size,
+    })
+}
+
+fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Error> {
+    let read_err = |source| Error::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(read_err)?,
+    };
+    for entry in entries {
+        let entry = entry.map_err(read_err)?;
+        let path = entry.path();
+        if entry.file_type().map_err(read_err)?.is_dir() {
+            walk_dir(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
 /// Creates a directory and its missing parents, each 0755.
 fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
@@ -458,7 +585,7 @@ mod tests {
         let dmeta = std::fs::metadata(m.root().join("v3")).unwrap();
         assert_eq!(dmeta.permissions().mode() & 0o777, 0o755);
         assert_eq!(m.size_of("v3/layout.json"), Some(2));
-        assert_eq!(std::fs::read_dir(m.staging()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(m.staging().unwrap()).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -472,7 +599,7 @@ mod tests {
             .unwrap_err();
         assert!(err.is_content(), "{err}");
         assert_eq!(m.size_of("blobs/sha256/aa/x"), None);
-        assert_eq!(std::fs::read_dir(m.staging()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(m.staging().unwrap()).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -546,8 +673,8 @@ mod tests {
     #[test]
     fn staging_is_beside_the_state_on_the_same_filesystem() {
         let (t, m) = open();
-        assert_eq!(m.staging(), t.path().join("state/tmp"));
-        assert!(!m.staging().starts_with(m.root()));
+        assert_eq!(m.staging(), Some(t.path().join("state/tmp").as_path()));
+        assert!(!m.staging().unwrap().starts_with(m.root()));
     }
 
     #[test]
@@ -560,5 +687,67 @@ mod tests {
             err.to_string().contains(&root.display().to_string()),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_tells_files_from_missing_paths_and_directories() {
+        let (_t, m) = open();
+        let big = vec![7u8; HASH_CHUNK * 2 + 3];
+        m.write_file("blobs/sha256/ab/big", &big).await.unwrap();
+        assert_eq!(
+            m.hash_file("blobs/sha256/ab/big").await.unwrap(),
+            Hashed::File {
+                digest: Digest::of(&big),
+                size: big.len() as u64
+            }
+        );
+        assert_eq!(
+            m.hash_file("blobs/sha256/ab/none").await.unwrap(),
+            Hashed::Missing
+        );
+        assert_eq!(
+            m.hash_file("blobs/sha256/ab").await.unwrap(),
+            Hashed::NotAFile
+        );
+        assert!(matches!(
+            m.hash_file("../x").await,
+            Err(Error::UnsafePath(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_walk_lists_files_under_blobs_and_v3_only() {
+        let (_t, m) = open();
+        m.write_file("v3/layout.json", b"{}").await.unwrap();
+        m.write_file("blobs/sha256/ab/x", b"x").await.unwrap();
+        std::fs::write(m.root().join("README"), b"not ours").unwrap();
+        std::fs::create_dir_all(m.root().join("v3/empty")).unwrap();
+        assert_eq!(m.walk().unwrap(), ["blobs/sha256/ab/x", "v3/layout.json"]);
+        assert!(
+            Mirror::existing(&m.root().join("absent"))
+                .walk()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_only_mirror_creates_nothing_and_refuses_writes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("mirror");
+        let m = Mirror::existing(&root);
+        assert!(matches!(
+            m.write_file("v3/layout.json", b"{}").await,
+            Err(Error::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            m.remove("v3/layout.json").await,
+            Err(Error::ReadOnly { .. })
+        ));
+        assert_eq!(
+            m.hash_file("v3/layout.json").await.unwrap(),
+            Hashed::Missing
+        );
+        assert!(!root.exists());
     }
 }

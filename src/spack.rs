@@ -59,6 +59,8 @@ pub enum Error {
     ImageIndex { media_type: String },
     #[error("image manifest is unusable: {reason}")]
     Manifest { reason: String },
+    #[error("v3 manifest is unusable: {reason}")]
+    V3Manifest { reason: String },
     #[error("{field} digest {value:?} is not sha256:<64 lowercase hex>")]
     Digest { field: &'static str, value: String },
     #[error("config is unusable: {reason}")]
@@ -730,6 +732,65 @@ pub fn index_manifest(index: &BlobRecord) -> Vec<u8> {
     manifest_text(&[index])
 }
 
+/// A record of a v3 manifest as read back from the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub checksum: Digest,
+    pub content_length: u64,
+    pub media_type: String,
+}
+
+#[derive(Deserialize)]
+struct RawV3Manifest {
+    version: u64,
+    data: Vec<RawV3Record>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawV3Record {
+    content_length: u64,
+    media_type: String,
+    checksum_algorithm: String,
+    checksum: String,
+}
+
+/// Reads a v3 manifest (spec or index) back: `{"version":3,"data":[records]}`, each record a
+/// sha256 checksum in hex. Any valid JSON of that shape is accepted, as Spack does.
+pub fn parse_v3_manifest(bytes: &[u8]) -> Result<Vec<ManifestRecord>, Error> {
+    let m: RawV3Manifest = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: "v3 manifest",
+        source,
+    })?;
+    if m.version != 3 {
+        return Err(Error::V3Manifest {
+            reason: format!("its version is {}, not 3", m.version),
+        });
+    }
+    m.data
+        .into_iter()
+        .map(|r| {
+            if r.checksum_algorithm != "sha256" {
+                return Err(Error::V3Manifest {
+                    reason: format!(
+                        "a record uses checksum algorithm {:?}, not sha256",
+                        r.checksum_algorithm
+                    ),
+                });
+            }
+            let checksum = Digest::from_hex(&r.checksum).map_err(|_| Error::Digest {
+                field: "v3 manifest record",
+                value: r.checksum.chars().take(200).collect(),
+            })?;
+            Ok(ManifestRecord {
+                checksum,
+                content_length: r.content_length,
+                media_type: r.media_type,
+            })
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Installability and the index
 
@@ -1065,6 +1126,43 @@ mod tests {
                 "{}",
                 spec.name
             );
+        }
+    }
+
+    #[test]
+    fn v3_manifests_read_back_the_records_spack_wrote() {
+        for (_, image, spec) in all_specs() {
+            let (manifest, spec_blob) = expected_manifest_and_spec_blob(&spec);
+            let records = parse_v3_manifest(&manifest).unwrap();
+            assert_eq!(records.len(), 2, "{}", spec.name);
+            assert_eq!(records[0].checksum, image.tarball.digest);
+            assert_eq!(records[0].content_length, image.tarball.size);
+            assert_eq!(records[0].media_type, MEDIA_TARBALL);
+            assert_eq!(records[1].checksum, Digest::of(&spec_blob));
+            assert_eq!(records[1].media_type, MEDIA_SPEC);
+        }
+        let index = fixture("expected-v3/v3/manifests/index/index.manifest.json");
+        let records = parse_v3_manifest(&index).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].media_type, MEDIA_INDEX);
+    }
+
+    #[test]
+    fn v3_manifests_of_another_shape_are_refused() {
+        let record = |algo: &str, sum: &str| {
+            format!(
+                r#"{{"version":3,"data":[{{"contentLength":1,"mediaType":"m","compression":"none","checksumAlgorithm":"{algo}","checksum":"{sum}"}}]}}"#
+            )
+        };
+        let good = "a".repeat(64);
+        assert!(parse_v3_manifest(record("sha256", &good).as_bytes()).is_ok());
+        for bad in [
+            record("md5", &good),
+            record("sha256", "xyz"),
+            r#"{"version":2,"data":[]}"#.to_owned(),
+            "not json".to_owned(),
+        ] {
+            assert!(parse_v3_manifest(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 

@@ -7,6 +7,13 @@
 //! only after its file was renamed into place. Failures of single specs are recorded and the
 //! run goes on; only a failure that stops the whole run (registry unreachable, credentials,
 //! disk) makes it `failed`.
+//!
+//! `inspect` (the `verify` command's reading of ledger and mirror) and `discard` (what
+//! `verify --repair` removes before its sync) live in the `inspect` submodule.
+
+mod inspect;
+
+pub use inspect::{discard, inspect};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +41,8 @@ const MAX_INDEX_BYTES: u64 = 1 << 30;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Mirror(#[from] mirror::Error),
 }
 
 /// Why a run started.

@@ -14,3 +14,4 @@ mod faults;
 mod harness_selftest;
 mod support;
 mod sync;
+mod verify;

@@ -1,0 +1,98 @@
+//! `verify`'s shell: reads the ledger and the mirror (each recorded file hashed, the manifests,
+//! the files under `blobs/` and `v3/`) and hands them to `verify::build_report`; for
+//! `--repair`, discards what the report names so the next sync restores it. It decides nothing
+//! itself and never touches a path the ledger does not record (decisions.md 10).
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt as _;
+
+use super::Error;
+use crate::mirror::{Hashed, Mirror};
+use crate::store::Store;
+use crate::verify::{self, Observations, Observed, VerifyReport};
+
+/// Manifests larger than this are not read back (Spack's are a few hundred bytes).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Verifies the mirror against the ledger. `progress(done, total)` is called as files are
+/// hashed, `concurrency` at a time.
+pub async fn inspect(
+    store: &Store,
+    mirror: &Mirror,
+    concurrency: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport, Error> {
+    let files = store.files()?;
+    let specs = store.specs()?;
+    let mut paths: Vec<String> = files.keys().cloned().collect();
+    paths.sort();
+    let total = paths.len() as u64;
+    progress(0, total);
+    let mut hashed = futures_util::stream::iter(paths)
+        .map(|path| async move {
+            let r = mirror.hash_file(&path).await;
+            (path, r)
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut seen = Observations::default();
+    let mut done = 0;
+    while let Some((path, r)) = hashed.next().await {
+        let observed = match r? {
+            Hashed::Missing => Observed::Missing,
+            Hashed::NotAFile => Observed::NotAFile,
+            Hashed::File { digest, size } => Observed::File { size, digest },
+        };
+        seen.files.insert(path, observed);
+        done += 1;
+        progress(done, total);
+    }
+    drop(hashed);
+    seen.manifests = read_manifests(mirror, &verify::manifest_paths(&specs), &seen).await?;
+    seen.on_disk = mirror.walk()?;
+    let report = verify::build_report(&files, &specs, &seen);
+    tracing::info!(
+        checked = report.checked,
+        missing = report.missing.len(),
+        corrupt = report.corrupt.len(),
+        extra = report.extra.len(),
+        manifest_problems = report.manifest_problems.len(),
+        "mirror verified"
+    );
+    Ok(report)
+}
+
+/// The bytes of each manifest that is a regular file of sensible size.
+async fn read_manifests(
+    mirror: &Mirror,
+    paths: &[String],
+    seen: &Observations,
+) -> Result<HashMap<String, Vec<u8>>, Error> {
+    let mut out = HashMap::new();
+    for path in paths {
+        if let Some(Observed::File { size, .. }) = seen.files.get(path)
+            && *size <= MAX_MANIFEST_BYTES
+        {
+            out.insert(path.clone(), mirror.read(path).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes what `report` names as missing or corrupt ([`VerifyReport::to_discard`]: ledger-
+/// recorded regular files only) and forgets their ledger rows, so that the next sync sees them
+/// gone and fetches or writes them again. Returns the paths discarded. The caller holds the run
+/// lock.
+pub async fn discard(
+    store: &Store,
+    mirror: &Mirror,
+    report: &VerifyReport,
+) -> Result<Vec<String>, Error> {
+    let paths = report.to_discard();
+    for path in &paths {
+        mirror.remove(path).await?;
+        store.forget_file(path)?;
+        tracing::info!(path, "discarded for repair");
+    }
+    Ok(paths)
+}
