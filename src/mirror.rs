@@ -225,11 +225,15 @@ impl Mirror {
         Ok(())
     }
 
+    fn writable_staging(&self) -> Result<&PathBuf, Error> {
+        self.staging.as_ref().ok_or_else(|| Error::ReadOnly {
+            root: self.root.clone(),
+        })
+    }
+
     /// A staged file to stream into; nothing is visible under the root until `publish`.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
-        let staging = self.staging.as_ref().ok_or_else(|| Error::ReadOnly {
-            root: self.root.clone(),
-        })?;
+        let staging = self.writable_staging()?;
         let temp = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(staging)
@@ -251,8 +255,10 @@ impl Mirror {
     }
 
     /// Where the resumable download of `digest` is kept.
-    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
-        self.staging.join(format!("{}.partial", digest.hex()))
+    pub fn partial_path(&self, digest: &Digest) -> Result<PathBuf, Error> {
+        Ok(self
+            .writable_staging()?
+            .join(format!("{}.partial", digest.hex())))
     }
 
     /// A staged file for `digest` that survives interruption: an earlier attempt's bytes (from
@@ -260,7 +266,7 @@ impl Mirror {
     /// More than `max_len` bytes already there means they cannot be this blob: start over.
     pub async fn resume_writer(&self, digest: &Digest, max_len: u64) -> Result<BlobWriter, Error> {
         use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-        let path = self.partial_path(digest);
+        let path = self.partial_path(digest)?;
         let err = |source| Error::Write {
             path: path.clone(),
             source,
@@ -300,7 +306,7 @@ impl Mirror {
 
     /// Resumable downloads present in the staging directory, with their lengths.
     pub fn partials(&self) -> Vec<(Digest, u64)> {
-        let Ok(entries) = std::fs::read_dir(&self.staging) else {
+        let Some(Ok(entries)) = self.staging.as_ref().map(std::fs::read_dir) else {
             return Vec::new();
         };
         entries
@@ -315,7 +321,7 @@ impl Mirror {
 
     /// Deletes the resumable download of `digest`, if any.
     pub fn discard_partial(&self, digest: &Digest) -> Result<(), Error> {
-        let path = self.partial_path(digest);
+        let path = self.partial_path(digest)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -650,7 +656,7 @@ mod tests {
     async fn a_partial_longer_than_the_blob_is_started_over() {
         let (_t, m) = open();
         let digest = Digest::of(b"abc");
-        std::fs::write(m.partial_path(&digest), b"far too long").unwrap();
+        std::fs::write(m.partial_path(&digest).unwrap(), b"far too long").unwrap();
         let mut w = m.resume_writer(&digest, 3).await.unwrap();
         assert_eq!(w.len(), 0);
         w.write(b"abc").await.unwrap();

@@ -442,7 +442,7 @@ impl Run<'_> {
 
     /// Records how much of an interrupted download is kept, or forgets it when nothing is.
     fn note_partial(&self, digest: &Digest) -> Result<(), Fatal> {
-        let path = self.mirror.partial_path(digest);
+        let path = self.mirror.partial_path(digest)?;
         match std::fs::metadata(&path) {
             Ok(m) => self.store.record_partial(
                 digest.as_str(),
@@ -463,7 +463,7 @@ impl Run<'_> {
         let on_disk = self.mirror.partials();
         for (digest, len) in &on_disk {
             if known.contains_key(digest.as_str()) {
-                let path = self.mirror.partial_path(digest);
+                let path = self.mirror.partial_path(digest)?;
                 self.store
                     .record_partial(digest.as_str(), &path.to_string_lossy(), *len, now())?;
                 tracing::debug!(digest = %digest, kept = len, "interrupted download will resume");
@@ -552,7 +552,7 @@ impl Run<'_> {
             p.bytes_total = bytes_total;
         });
         for d in &jobs {
-            let path = self.mirror.partial_path(&d.digest);
+            let path = self.mirror.partial_path(&d.digest)?;
             let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.store
                 .record_partial(d.digest.as_str(), &path.to_string_lossy(), kept, now())?;
