@@ -309,3 +309,21 @@ fn a_tag_list_that_links_back_to_itself_ends() {
         .count();
     assert_eq!(pages, 1, "the listing followed a link back to itself");
 }
+
+#[test]
+fn an_oversized_manifest_fails_its_spec_only() {
+    let s = setup("faults/huge", 912, FrontOptions::default());
+    let tag = s.leaf().tag.clone();
+    let mut fault = Fault::status(&format!("/manifests/{tag}"), StatusCode::OK, 100);
+    fault.body = format!("{{\"pad\":\"{}\"}}", "x".repeat(5 << 20));
+    s.front.inject_fault(fault);
+    let out = s.env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = s.env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "partial");
+    assert_eq!(run["specs_fetched"], 2);
+    let msg = run["problems"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("larger than"), "{msg}");
+    // A size refusal is not a transient failure: one request.
+    assert_eq!(s.manifest_requests(&tag), 1);
+}
