@@ -5,6 +5,10 @@
 //! directory on the same filesystem (never under the root), hashed while written, fsynced,
 //! given mode 0644 and renamed into place; then its directory is fsynced. Directories are
 //! 0755, so Spack run by any user can read the mirror.
+//!
+//! A write that fails (`ENOSPC`, `EIO`, …) leaves nothing behind: the staged file is a
+//! `tempfile::TempPath`, deleted when its `BlobWriter` is dropped, and the root only ever
+//! changes by a rename. Staged files left by a killed run are removed when the mirror is opened.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -27,6 +31,12 @@ pub enum Error {
     },
     #[error("cannot create staging directory {path} for downloads")]
     Staging {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the free space of {path}")]
+    Space {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -63,6 +73,51 @@ impl Error {
             Self::DigestMismatch { .. } | Self::SizeMismatch { .. }
         )
     }
+
+    /// Whether the filesystem ran out of space or quota (`ENOSPC`, `EDQUOT`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Write { source, .. } | Self::Staging { source, .. } => {
+                crate::error::is_disk_full(source)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The free space of one filesystem, as an unprivileged writer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The directory asked about.
+    pub path: PathBuf,
+    /// Its filesystem (`st_dev`): two volumes with the same `dev` share their free space.
+    pub dev: u64,
+    /// Bytes available to non-root writers (`f_bavail * f_frsize`).
+    pub available: u64,
+}
+
+/// Where a run's downloads land: the root's filesystem and the staging directory's. They
+/// are the same filesystem (renames never cross one), but both are reported so that a
+/// surprise shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    pub root: Volume,
+    pub staging: Volume,
+}
+
+/// The free space of the filesystem holding `path`.
+pub fn volume(path: &Path) -> Result<Volume, Error> {
+    let err = |source| Error::Space {
+        path: path.to_owned(),
+        source,
+    };
+    let dev = std::fs::metadata(path).map_err(err)?.dev();
+    let st = rustix::fs::statvfs(path).map_err(|e| err(e.into()))?;
+    Ok(Volume {
+        path: path.to_owned(),
+        dev,
+        available: st.f_bavail.saturating_mul(st.f_frsize),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +127,8 @@ pub struct Mirror {
 }
 
 const FILE_MODE: u32 = 0o644;
+/// Prefix of every staged file (only these are removed from the staging directory).
+const STAGED_PREFIX: &str = "blob-";
 const DIR_MODE: u32 = 0o755;
 
 impl Mirror {
@@ -108,6 +165,7 @@ impl Mirror {
                 source,
             })?;
         tracing::debug!(staging = %staging.display(), "staging directory chosen");
+        remove_leftovers(&staging);
         Ok(Self {
             root: root.to_owned(),
             staging,
@@ -120,6 +178,14 @@ impl Mirror {
 
     pub fn staging(&self) -> &Path {
         &self.staging
+    }
+
+    /// The free space of the root's and the staging directory's filesystems.
+    pub fn free_space(&self) -> Result<Space, Error> {
+        Ok(Space {
+            root: volume(&self.root)?,
+            staging: volume(&self.staging)?,
+        })
     }
 
     fn path(&self, rel: &str) -> Result<PathBuf, Error> {
@@ -162,7 +228,7 @@ impl Mirror {
     /// A staged file to stream into; nothing is visible under the root until `publish`.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let temp = tempfile::Builder::new()
-            .prefix("blob-")
+            .prefix(STAGED_PREFIX)
             .tempfile_in(&self.staging)
             .map_err(|source| Error::Write {
                 path: self.staging.clone(),
@@ -288,6 +354,34 @@ impl BlobWriter {
     }
 }
 
+/// Removes staged files a killed run left behind (the caller holds the run lock, so no other
+/// writer is staging). Best effort: a file that cannot be removed is logged and left.
+fn remove_leftovers(staging: &Path) {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGED_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "staged file of an earlier run removed")
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = &e as &dyn std::error::Error,
+                "cannot remove a staged file of an earlier run"
+            ),
+        }
+    }
+}
+
 /// Creates a directory and its missing parents, each 0755.
 fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
@@ -359,6 +453,53 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_mid_write_leaves_no_staged_file() {
+        let (_t, m) = open();
+        let mut w = m.blob_writer().unwrap();
+        w.write(&[0; 4096]).await.unwrap();
+        assert_eq!(std::fs::read_dir(m.staging()).unwrap().count(), 1);
+        drop(w);
+        assert_eq!(std::fs::read_dir(m.staging()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staged_files_of_a_killed_run_are_removed_on_open() {
+        let (t, m) = open();
+        std::fs::write(m.staging().join("blob-abc123"), b"partial").unwrap();
+        std::fs::write(m.staging().join("not-ours"), b"x").unwrap();
+        let m = Mirror::open(m.root(), &t.path().join("state")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(m.staging())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["not-ours"]);
+    }
+
+    #[test]
+    fn free_space_reports_the_root_and_staging_filesystems() {
+        let (t, m) = open();
+        let space = m.free_space().unwrap();
+        assert_eq!(space.root.path, m.root());
+        assert_eq!(space.staging.path, m.staging());
+        assert_eq!(space.root.dev, space.staging.dev);
+        assert!(space.root.available > 0);
+        let err = volume(&t.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn enospc_and_edquot_count_as_a_full_disk_and_eio_does_not() {
+        let write = |errno| Error::Write {
+            path: "x".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(write(28).is_disk_full());
+        assert!(write(122).is_disk_full());
+        assert!(!write(5).is_disk_full());
+        assert!(!Error::UnsafePath(String::new()).is_disk_full());
     }
 
     #[test]
