@@ -371,7 +371,7 @@ fn remove_leftovers(staging: &Path) {
         let path = entry.path();
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                tracing::info!(path = %path.display(), "staged file of an earlier run removed")
+                tracing::info!(path = %path.display(), "staged file of an earlier run removed");
             }
             Err(e) => tracing::warn!(
                 path = %path.display(),

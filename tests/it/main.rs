@@ -9,6 +9,7 @@
 
 mod cli;
 mod daemon;
+mod disk;
 mod harness_selftest;
 mod support;
 mod sync;

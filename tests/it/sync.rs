@@ -23,7 +23,7 @@ fn blob(root: &Path, hex: &str) -> std::path::PathBuf {
 }
 
 /// Checks the mirror is a complete Spack v3 mirror serving exactly `specs`.
-fn check_mirror(root: &Path, specs: &[&GeneratedSpec]) {
+pub(crate) fn check_mirror(root: &Path, specs: &[&GeneratedSpec]) {
     assert_eq!(
         std::fs::read(root.join("v3/layout.json")).unwrap(),
         br#"{"signing": "gpg"}"#
