@@ -293,3 +293,71 @@ fn a_disk_that_fills_mid_run_leaves_the_mirror_intact_and_the_next_run_recovers(
     assert_eq!(run["specs_fetched"], 2, "{run}");
     assert!(files_under(&disk.staging()).is_empty());
 }
+
+#[test]
+fn a_ledger_that_fills_mid_run_stops_the_run_and_the_next_run_recovers() {
+    let reg = TestRegistry::shared();
+    let repo = "disk/ledger";
+    let cache = crate::support::mirrord::push_generated(&reg.url(repo), 6, 600_000, 803);
+    let front = GhcrFront::start(
+        reg.addr(),
+        FrontOptions {
+            throttle_bytes_per_sec: Some(1 << 20),
+            ..FrontOptions::default()
+        },
+    );
+    // The state directory is on the small filesystem, the mirror on the ordinary disk.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("fs");
+    let fs = SmallFs::mount(&mount, 2 * MIB);
+    let (root, state) = (dir.path().join("mirror"), mount.join("state"));
+    let disk = Disk {
+        fs,
+        env: Env::with_dirs(dir, &front.url(repo), root.clone(), state),
+    };
+    let env = &disk.env;
+    let all: Vec<&GeneratedSpec> = cache.specs.iter().collect();
+    let hexes: Vec<&str> = cache.specs.iter().map(|s| s.tarball.hex()).collect();
+
+    if let Some(fs) = &disk.fs {
+        let child = env
+            .command(&["sync", "--now"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_blob_request(&front, &hexes);
+        // SQLite's WAL grows with every commit of the run, so the row recording the first
+        // tarball already needs space the filesystem no longer has.
+        let filler = fs.fill();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("ledger database error")
+                && stderr.contains("hint: the filesystem of state.dir is full"),
+            "{stderr}"
+        );
+        // The ledger could not say how the run ended: the next reader sees it interrupted.
+        std::fs::remove_file(filler).unwrap();
+        let run = last_run(env);
+        assert_eq!(run["outcome"], "failed", "{run}");
+        assert_eq!(run["error"], "interrupted", "{run}");
+    } else {
+        let out = env.sync_with_file_size_limit(256 << 10);
+        assert_failed_run(&out, env, "File too large");
+    }
+    // Tarballs renamed before the failure are complete but unlisted; nothing else was
+    // published, and nothing is left in staging.
+    assert!(files_under(&root.join("v3/manifests")).is_empty());
+    for rel in files_under(&root.join("blobs/sha256")) {
+        let hex = rel.split('/').nth(1).unwrap();
+        assert_eq!(sha256_file(&root.join("blobs/sha256").join(&rel)), hex);
+    }
+    assert!(files_under(&disk.staging()).is_empty());
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&root, &all);
+    assert_eq!(last_run(env)["outcome"], "success");
+}
