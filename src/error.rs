@@ -29,6 +29,14 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
 }
 
+/// Whether an I/O error says the filesystem is full (`ENOSPC`) or the quota spent (`EDQUOT`).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Exit codes (README.md lists them).
 pub mod exit {
     pub const OK: u8 = 0;
@@ -57,6 +65,12 @@ impl Error {
     /// A remedy worth printing under the error, where one is known.
     pub fn hint(&self) -> Option<String> {
         match self {
+            Self::Store(e) | Self::Sync(crate::sync::Error::Store(e)) if e.is_disk_full() => Some(
+                "the filesystem of state.dir is full: free space on it (or move state.dir); \
+                 the mirror stays consistent, and the next run marks this one interrupted and \
+                 fetches only what is missing"
+                    .to_owned(),
+            ),
             Self::Lock(crate::lock::Error::Busy { .. }) => Some(
                 "another sync is running; drop --no-wait to wait for it, or see `spack-mirrord status`"
                     .to_owned(),

@@ -9,6 +9,10 @@
 //! It also reads the mirror back for `verify`: hashing files (streamed, 1 MiB at a time, off the
 //! async threads) and listing what is under `blobs/` and `v3/`. A mirror opened with
 //! [`Mirror::existing`] only reads: it creates nothing and refuses every write.
+//!
+//! A write that fails (`ENOSPC`, `EIO`, …) leaves nothing behind: the staged file is a
+//! `tempfile::TempPath`, deleted when its `BlobWriter` is dropped, and the root only ever
+//! changes by a rename. Staged files left by a killed run are removed when the mirror is opened.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -29,6 +33,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "mirror root {root} is the top of its own filesystem, so the staging directory {staging} cannot share it (files are renamed into the mirror, and renames cannot cross filesystems); make mirror.root a subdirectory of that filesystem, e.g. {root}/mirror"
+    )]
+    RootIsMountPoint { root: PathBuf, staging: PathBuf },
     #[error("cannot create staging directory {path} for downloads")]
     Staging {
         path: PathBuf,
@@ -37,6 +45,12 @@ pub enum Error {
     },
     #[error("cannot read {path}")]
     Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the free space of {path}")]
+    Space {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -75,6 +89,51 @@ impl Error {
             Self::DigestMismatch { .. } | Self::SizeMismatch { .. }
         )
     }
+
+    /// Whether the filesystem ran out of space or quota (`ENOSPC`, `EDQUOT`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Write { source, .. } | Self::Staging { source, .. } => {
+                crate::error::is_disk_full(source)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The free space of one filesystem, as an unprivileged writer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The directory asked about.
+    pub path: PathBuf,
+    /// Its filesystem (`st_dev`): two volumes with the same `dev` share their free space.
+    pub dev: u64,
+    /// Bytes available to non-root writers (`f_bavail * f_frsize`).
+    pub available: u64,
+}
+
+/// Where a run's downloads land: the root's filesystem and the staging directory's. They
+/// are the same filesystem (renames never cross one), but both are reported so that a
+/// surprise shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    pub root: Volume,
+    pub staging: Volume,
+}
+
+/// The free space of the filesystem holding `path`.
+pub fn volume(path: &Path) -> Result<Volume, Error> {
+    let err = |source| Error::Space {
+        path: path.to_owned(),
+        source,
+    };
+    let dev = std::fs::metadata(path).map_err(err)?.dev();
+    let st = rustix::fs::statvfs(path).map_err(|e| err(e.into()))?;
+    Ok(Volume {
+        path: path.to_owned(),
+        dev,
+        available: st.f_bavail.saturating_mul(st.f_frsize),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +164,8 @@ const FILE_MODE: u32 = 0o644;
 /// Bytes buffered before a write to the staged file: also how much of an interrupted download
 /// a killed process can lose.
 const WRITE_BUFFER: usize = 256 << 10;
+/// Prefix of every staged file (only these are removed from the staging directory).
+const STAGED_PREFIX: &str = "blob-";
 const DIR_MODE: u32 = 0o755;
 
 impl Mirror {
@@ -140,7 +201,20 @@ impl Mirror {
                 path: staging.clone(),
                 source,
             })?;
+        let staging_dev = std::fs::metadata(&staging)
+            .map_err(|source| Error::Staging {
+                path: staging.clone(),
+                source,
+            })?
+            .dev();
+        if staging_dev != root_dev {
+            return Err(Error::RootIsMountPoint {
+                root: root.to_owned(),
+                staging,
+            });
+        }
         tracing::debug!(staging = %staging.display(), "staging directory chosen");
+        remove_leftovers(&staging);
         Ok(Self {
             root: root.to_owned(),
             staging: Some(staging),
@@ -163,6 +237,14 @@ impl Mirror {
     /// Where downloads are staged; `None` for a read-only mirror.
     pub fn staging(&self) -> Option<&Path> {
         self.staging.as_deref()
+    }
+
+    /// The free space of the root's and the staging directory's filesystems.
+    pub fn free_space(&self) -> Result<Space, Error> {
+        Ok(Space {
+            root: volume(&self.root)?,
+            staging: volume(self.writable_staging()?)?,
+        })
     }
 
     fn path(&self, rel: &str) -> Result<PathBuf, Error> {
@@ -235,7 +317,7 @@ impl Mirror {
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let staging = self.writable_staging()?;
         let temp = tempfile::Builder::new()
-            .prefix("blob-")
+            .prefix(STAGED_PREFIX)
             .tempfile_in(staging)
             .map_err(|source| Error::Write {
                 path: staging.clone(),
@@ -558,6 +640,34 @@ fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Error>
     Ok(())
 }
 
+/// Removes staged files a killed run left behind (the caller holds the run lock, so no other
+/// writer is staging). Best effort: a file that cannot be removed is logged and left.
+fn remove_leftovers(staging: &Path) {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGED_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "staged file of an earlier run removed");
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = &e as &dyn std::error::Error,
+                "cannot remove a staged file of an earlier run"
+            ),
+        }
+    }
+}
+
 /// Creates a directory and its missing parents, each 0755.
 fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
@@ -674,6 +784,53 @@ mod tests {
         assert_eq!(w.digest(), digest);
         w.publish_verified("g", &digest, Some(4)).await.unwrap();
         assert_eq!(std::fs::read(m.root().join("g")).unwrap(), b"good");
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_mid_write_leaves_no_staged_file() {
+        let (_t, m) = open();
+        let mut w = m.blob_writer().unwrap();
+        w.write(&[0; 4096]).await.unwrap();
+        assert_eq!(std::fs::read_dir(m.staging().unwrap()).unwrap().count(), 1);
+        drop(w);
+        assert_eq!(std::fs::read_dir(m.staging().unwrap()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staged_files_of_a_killed_run_are_removed_on_open() {
+        let (t, m) = open();
+        std::fs::write(m.staging().unwrap().join("blob-abc123"), b"partial").unwrap();
+        std::fs::write(m.staging().unwrap().join("not-ours"), b"x").unwrap();
+        let m = Mirror::open(m.root(), &t.path().join("state")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(m.staging().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["not-ours"]);
+    }
+
+    #[test]
+    fn free_space_reports_the_root_and_staging_filesystems() {
+        let (t, m) = open();
+        let space = m.free_space().unwrap();
+        assert_eq!(space.root.path, m.root());
+        assert_eq!(Some(space.staging.path.as_path()), m.staging());
+        assert_eq!(space.root.dev, space.staging.dev);
+        assert!(space.root.available > 0);
+        let err = volume(&t.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn enospc_and_edquot_count_as_a_full_disk_and_eio_does_not() {
+        let write = |errno| Error::Write {
+            path: "x".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(write(28).is_disk_full());
+        assert!(write(122).is_disk_full());
+        assert!(!write(5).is_disk_full());
+        assert!(!Error::UnsafePath(String::new()).is_disk_full());
     }
 
     #[test]

@@ -41,6 +41,19 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the database engine found its filesystem full (`SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Sql(e) | Self::Open { source: e, .. } => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            Self::StateDir { source, .. } => crate::error::is_disk_full(source),
+            Self::TooNew { .. } => false,
+        }
+    }
+}
+
 /// How a run ended (decisions.md 11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

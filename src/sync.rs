@@ -8,6 +8,12 @@
 //! run goes on; only a failure that stops the whole run (registry unreachable, credentials,
 //! disk) makes it `failed`.
 //!
+//! Before the first download, a free-space pre-flight compares what the run will write with
+//! the free space of the mirror's and the state's filesystems ([`plan::check_space`]); a run
+//! that does not fit fails before writing anything. A disk that fills anyway (other writers,
+//! estimates) stops the run at the failing write: the staged file is deleted, nothing after it
+//! is published, and the next run fetches only what is missing.
+//!
 //! `inspect` (the `verify` command's reading of ledger and mirror) and `discard` (what
 //! `verify --repair` removes before its sync) live in the `inspect` submodule.
 
@@ -30,12 +36,18 @@ use crate::model::{Digest, Tag};
 use crate::plan::{self, IndexSource, RegistryIndex};
 use crate::registry::{self, RegistryClient};
 use crate::spack::{self, ConfigVerdict, SpecConfig, SpecImage};
+use crate::status::human_bytes;
 use crate::store::{self, FileRow, Outcome, RegistryIndexRow, RunCounts, SpecRow, Store};
 
 /// Largest config blob accepted (a spec with its whole DAG).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// Largest index blob accepted from the registry.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// Pre-flight estimate of a spec manifest (two records; about 600 bytes in practice).
+const SPEC_MANIFEST_BYTES: u64 = 2 << 10;
+/// Pre-flight estimate of what the ledger stores per spec besides its JSON: the spec, tag and
+/// three file rows with their indexes.
+const LEDGER_SPEC_BYTES: u64 = 4 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -96,10 +108,40 @@ pub struct Report {
 /// An error that ends the run as `failed`, with its chain rendered for the ledger.
 struct Fatal(String);
 
-impl<E: std::error::Error> From<E> for Fatal {
+impl<E: std::error::Error + 'static> From<E> for Fatal {
     fn from(e: E) -> Self {
-        Self(error_chain(&e))
+        Self::of(&e)
     }
+}
+
+impl Fatal {
+    /// The chain on one line, with what to do when a filesystem is full.
+    fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut msg = error_chain(e);
+        if is_disk_full(e) {
+            msg.push_str(
+                "; hint: that filesystem is full: free space on it or move mirror.root or state.dir; \
+                 the published mirror stays consistent and the next run fetches only what is missing",
+            );
+        }
+        Self(msg)
+    }
+}
+
+/// Whether a filesystem ran out of space somewhere in the chain of `e` (mirror or ledger).
+fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(crate::error::is_disk_full)
+            || c.downcast_ref::<store::Error>()
+                .is_some_and(store::Error::is_disk_full)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// `error: cause: cause` on one line.
@@ -141,6 +183,8 @@ struct Run<'a> {
     /// Files the ledger says were published, by relative path.
     files: HashMap<String, FileRow>,
     progress: Option<watch::Sender<Progress>>,
+    /// Tarballs this run set out to download (their `.partial` files are this run's).
+    jobs: Vec<Digest>,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -191,6 +235,7 @@ pub async fn run(
         counts: RunCounts::default(),
         cancel,
         progress: opts.progress.clone(),
+        jobs: Vec::new(),
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
         Ok(r) => r,
@@ -204,7 +249,10 @@ pub async fn run(
         Ok(()) if run.counts.specs_failed > 0 => (Outcome::Partial, None),
         Ok(()) => (Outcome::Success, None),
         Err(Fatal(msg)) if cancel.is_cancelled() => (Outcome::Cancelled, Some(msg)),
-        Err(Fatal(msg)) => (Outcome::Failed, Some(msg)),
+        Err(Fatal(msg)) => {
+            run.discard_partials();
+            (Outcome::Failed, Some(msg))
+        }
     };
     finish(&run.store, run_id, outcome, &run.counts, error, started)
 }
@@ -217,7 +265,17 @@ fn finish(
     error: Option<String>,
     started: Instant,
 ) -> Result<Report, Error> {
-    store.finish_run(run_id, outcome, counts, error.as_deref(), now())?;
+    if let Err(e) = store.finish_run(run_id, outcome, counts, error.as_deref(), now()) {
+        // The ledger itself failed (a full state filesystem, say): the row stays `running`
+        // and the next run marks it interrupted, so say here why the run ended.
+        tracing::error!(
+            outcome = outcome.as_str(),
+            error = error.as_deref().unwrap_or(""),
+            ledger_error = &e as &dyn std::error::Error,
+            "cannot record the end of the run in the ledger"
+        );
+        return Err(e.into());
+    }
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let problems = store.problems(run_id)?;
     if outcome == Outcome::Success {
@@ -328,7 +386,11 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        let ready = self.fetch_tarballs(candidates).await?;
+        let kept_json = intact_specs
+            .iter()
+            .map(|s| s.spec_json.len() as u64)
+            .fold(0, u64::saturating_add);
+        let ready = self.fetch_tarballs(candidates, kept_json).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
@@ -440,6 +502,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// A failed run (a full disk, say) leaves no staged bytes behind: it deletes the kept
+    /// downloads it started. Best effort, since the disk or the ledger may be what failed.
+    fn discard_partials(&self) {
+        for digest in &self.jobs {
+            if let Err(e) = self.mirror.discard_partial(digest) {
+                tracing::warn!(digest = %digest, error = &e as &dyn std::error::Error, "cannot remove a kept download");
+            }
+            if let Err(e) = self.store.forget_partial(digest.as_str()) {
+                tracing::warn!(digest = %digest, error = &e as &dyn std::error::Error, "cannot forget a kept download");
+            }
+        }
+    }
+
     /// Records how much of an interrupted download is kept, or forgets it when nothing is.
     fn note_partial(&self, digest: &Digest) -> Result<(), Fatal> {
         let path = self.mirror.partial_path(digest)?;
@@ -521,11 +596,96 @@ impl Run<'_> {
             match r {
                 Ok(Fetched::Spec(c)) => out.push(*c),
                 Ok(Fetched::Skip(reason)) => self.skip_item(tag.as_str(), &reason)?,
-                Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
+                Err(ItemError::Fatal(e)) => return Err(Fatal::of(&*e)),
                 Err(ItemError::Item(msg)) => self.fail_item(tag.as_str(), &msg)?,
             }
         }
         Ok(out)
+    }
+
+    /// The free-space pre-flight, before any download: what the run will write under the
+    /// root (the missing tarballs, then per spec its spec blob and manifest, then an index
+    /// listing every spec) and into the ledger must fit, with [`plan::space_margin`], on their
+    /// filesystems. `kept_json` is the JSON size of the specs already published.
+    fn check_space(
+        &self,
+        jobs: &[spack::Descriptor],
+        candidates: &[Candidate],
+        kept_json: u64,
+    ) -> Result<(), Fatal> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let json: Vec<u64> = candidates
+            .iter()
+            .map(|c| c.spec.spec_json.len() as u64)
+            .collect();
+        let new_json = json.iter().copied().fold(0, u64::saturating_add);
+        // A spec blob is the gzip of the spec's JSON: no bigger than the JSON and a header.
+        let root_needed = [
+            plan::on_disk(jobs.iter().map(|j| j.size)),
+            plan::on_disk(json.iter().map(|n| n.saturating_add(64))),
+            plan::on_disk(json.iter().map(|_| SPEC_MANIFEST_BYTES)),
+            plan::on_disk([kept_json.saturating_add(new_json), SPEC_MANIFEST_BYTES]),
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add);
+        // The ledger keeps each spec's JSON and its rows; WAL writes them twice.
+        let ledger_needed = json
+            .iter()
+            .map(|n| n.saturating_add(LEDGER_SPEC_BYTES))
+            .fold(0, u64::saturating_add)
+            .saturating_mul(2);
+        let volumes = self
+            .mirror
+            .free_space()
+            .and_then(|space| Ok((space, mirror::volume(&self.config.state_dir)?)));
+        let (space, state) = match volumes {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "free space unknown; downloading without the pre-flight"
+                );
+                return Ok(());
+            }
+        };
+        let demand = |key, v: &mirror::Volume, needed| plan::SpaceDemand {
+            key,
+            path: v.path.clone(),
+            dev: v.dev,
+            needed,
+            available: v.available,
+        };
+        let mut demands = vec![demand("mirror.root", &space.root, root_needed)];
+        if space.staging.dev != space.root.dev {
+            demands.push(demand("mirror.root", &space.staging, root_needed));
+        }
+        demands.push(demand("state.dir", &state, ledger_needed));
+        tracing::debug!(
+            root_needed,
+            root_available = space.root.available,
+            ledger_needed,
+            state_available = state.available,
+            "free space checked"
+        );
+        plan::check_space(&demands).map_err(|s| {
+            let keys = s.keys.join(" and ");
+            tracing::warn!(
+                path = %s.path.display(),
+                keys,
+                needed = s.needed,
+                available = s.available,
+                "not enough free space; nothing downloaded"
+            );
+            Fatal(format!(
+                "not enough space on the filesystem of {keys} ({}): {} needed with margin, {} available; \
+                 nothing was downloaded: free space there or move {keys}",
+                s.path.display(),
+                human_bytes(s.needed),
+                human_bytes(s.available),
+            ))
+        })
     }
 
     /// Downloads the missing tarballs (each once) and writes the spec blobs. Returns the
@@ -533,6 +693,7 @@ impl Run<'_> {
     async fn fetch_tarballs(
         &mut self,
         candidates: Vec<Candidate>,
+        kept_json: u64,
     ) -> Result<Vec<(Candidate, Digest)>, Fatal> {
         let present: HashSet<Digest> = candidates
             .iter()
@@ -541,6 +702,7 @@ impl Run<'_> {
             .cloned()
             .collect();
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
+        self.check_space(&jobs, &candidates, kept_json)?;
         let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
         tracing::info!(
             blobs = jobs.len(),
@@ -551,6 +713,7 @@ impl Run<'_> {
             p.blobs_total = jobs.len() as u64;
             p.bytes_total = bytes_total;
         });
+        self.jobs = jobs.iter().map(|d| d.digest.clone()).collect();
         for d in &jobs {
             let path = self.mirror.partial_path(&d.digest)?;
             let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -582,7 +745,7 @@ impl Run<'_> {
                         p.bytes_done += size;
                     });
                 }
-                Err(ItemError::Fatal(e)) => return Err(Fatal(error_chain(&*e))),
+                Err(ItemError::Fatal(e)) => return Err(Fatal::of(&*e)),
                 Err(ItemError::Item(msg)) => {
                     tracing::warn!(digest = %d.digest, error = msg, "tarball rejected");
                     self.note_partial(&d.digest)?;
@@ -941,7 +1104,10 @@ async fn download(
                     d.digest, d.size
                 )));
             }
-            Err(DownloadError::Mirror(e)) => return Err(e.into()),
+            Err(DownloadError::Mirror(e)) => {
+                writer.discard().await;
+                return Err(e.into());
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod disk;
 mod faults;
 mod harness_selftest;
 mod support;

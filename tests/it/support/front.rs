@@ -792,7 +792,10 @@ fn async_stream_of(
     let tail: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync>,
     > = match kind {
+        // The pause lets the client read what was sent before the connection breaks (a reset
+        // arriving first would discard it), so the resume offset is exactly the limit.
         BodyFaultKind::Truncate(_) => Box::pin(futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Err(Box::new(std::io::Error::other("injected connection reset")) as BoxError)
         })),
         BodyFaultKind::Stall(_) => Box::pin(futures_util::stream::pending()),

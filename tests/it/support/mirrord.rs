@@ -18,13 +18,25 @@ use spack_mirrord::registry::RegistryClient;
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub url: String,
+    root: PathBuf,
+    state: PathBuf,
 }
 
 impl Env {
+    /// The mirror root and the state directory in the temporary directory.
     pub fn new(url: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("mirror"), dir.path().join("state"));
+        Self::with_dirs(dir, url, root, state)
+    }
+
+    /// The mirror root and the state directory where the test wants them.
+    pub fn with_dirs(dir: tempfile::TempDir, url: &str, root: PathBuf, state: PathBuf) -> Env {
         let env = Env {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             url: url.to_owned(),
+            root,
+            state,
         };
         env.write_config("");
         env
@@ -35,11 +47,11 @@ impl Env {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("mirror")
+        self.root.clone()
     }
 
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 
     /// Writes the config; `extra` is appended (more sections or keys).
@@ -51,6 +63,14 @@ impl Env {
             self.state().display()
         );
         std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// The binary with `--config` and the given arguments, set up as `run` does, to spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"));
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        configure(&mut cmd, &[]);
+        cmd
     }
 
     /// Runs the binary with `--config` and the given arguments.
@@ -65,6 +85,29 @@ impl Env {
         self.run(&["sync", "--now"])
     }
 
+    /// `sync --now` with every file it writes limited to `bytes` (`RLIMIT_FSIZE`, which any
+    /// user may lower): a write past it fails with `EFBIG`. `SIGXFSZ` is ignored, as a
+    /// service manager would, so the write fails instead of the process being killed.
+    pub fn sync_with_file_size_limit(&self, bytes: u64) -> Output {
+        let limit = format!("--fsize={bytes}");
+        let bin = env!("CARGO_BIN_EXE_spack-mirrord");
+        let config = self.config_path();
+        run_command(
+            Command::new("sh").args([
+                "-c",
+                r#"trap '' XFSZ; exec prlimit "$@""#,
+                "sh",
+                &limit,
+                bin,
+                "--config",
+                config.to_str().unwrap(),
+                "sync",
+                "--now",
+            ]),
+            &[],
+        )
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.run(&["status", "--json"]);
         assert!(out.status.success(), "status failed: {}", text(&out));
@@ -73,9 +116,19 @@ impl Env {
 }
 
 pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"));
-    cmd.args(args)
-        .env_remove("SPACK_MIRRORD_CONFIG")
+    run_command(
+        Command::new(env!("CARGO_BIN_EXE_spack-mirrord")).args(args),
+        env,
+    )
+}
+
+fn run_command(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
+    configure(cmd, env);
+    cmd.output().unwrap()
+}
+
+fn configure(cmd: &mut Command, env: &[(&str, &str)]) {
+    cmd.env_remove("SPACK_MIRRORD_CONFIG")
         .env_remove("GITHUB_TOKEN")
         .env("RUST_LOG", "spack_mirrord=debug,warn")
         .env("NO_COLOR", "1")
@@ -83,7 +136,6 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
 }
 
 /// stdout and stderr, for assertion messages.
