@@ -37,7 +37,7 @@ pub enum Error {
     #[error("config file {path}: key `{key}` {reason}")]
     Key {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         reason: String,
     },
     #[error("config file {path}: password file {file} (source.password_file) cannot be read")]
@@ -53,7 +53,10 @@ pub enum Error {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
-    pub source: FileSource,
+    /// The single-source spelling.
+    pub source: Option<FileSource>,
+    /// Several sources feeding one mirror.
+    pub sources: Vec<FileSource>,
     pub mirror: FileMirror,
     pub state: FileState,
     pub sync: FileSync,
@@ -63,7 +66,11 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSource {
+    /// How the source is named in the ledger, logs and `status` (default: its repository).
+    pub name: Option<String>,
     pub url: Option<String>,
+    /// `spack-oci` (a Spack OCI build cache) or `oras-files` (one artifact per file).
+    pub layout: String,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub max_attempts: i64,
@@ -75,7 +82,9 @@ pub struct FileSource {
 impl Default for FileSource {
     fn default() -> Self {
         Self {
+            name: None,
             url: None,
+            layout: "spack-oci".to_owned(),
             username: None,
             password_file: None,
             max_attempts: 5,
@@ -209,13 +218,33 @@ impl Default for Network {
     }
 }
 
+/// How a source stores its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// A Spack OCI build cache: one tag per spec (`spack buildcache push oci://…`).
+    SpackOci,
+    /// Each build-cache file its own artifact (`oras push`), one repository per file.
+    OrasFiles,
+}
+
+/// One registry repository feeding the mirror.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Unique among the sources; keys the ledger's tags.
+    pub name: String,
+    pub repo: RepoRef,
+    pub layout: Layout,
+    pub credentials: Credentials,
+    pub network: Network,
+}
+
 /// The validated configuration the program runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub source: RepoRef,
-    pub credentials: Credentials,
-    pub network: Network,
+    /// At least one; names are unique.
+    pub sources: Vec<Source>,
     /// A run that takes longer is stopped and recorded as failed.
     pub run_timeout: Duration,
     pub mirror_root: PathBuf,
@@ -262,19 +291,22 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(Secret);
-    let password = match &file.source.password_file {
-        Some(p) => {
-            let p = resolve(path, p);
-            let text = std::fs::read_to_string(&p).map_err(|source| Error::PasswordFile {
-                path: path.to_owned(),
-                file: p.clone(),
-                source,
-            })?;
-            Some((p, strip_one_newline(text)))
-        }
-        None => None,
-    };
-    validate(path, file, password, &Ambient { github_token })
+    let mut passwords = Vec::new();
+    for entry in file.source.iter().chain(&file.sources) {
+        passwords.push(match &entry.password_file {
+            Some(p) => {
+                let p = resolve(path, p);
+                let text = std::fs::read_to_string(&p).map_err(|source| Error::PasswordFile {
+                    path: path.to_owned(),
+                    file: p.clone(),
+                    source,
+                })?;
+                Some((p, strip_one_newline(text)))
+            }
+            None => None,
+        });
+    }
+    validate(path, file, passwords, &Ambient { github_token })
 }
 
 fn strip_one_newline(mut s: String) -> String {
@@ -302,56 +334,57 @@ fn resolve(config_path: &Path, p: &Path) -> PathBuf {
     clippy::too_many_lines,
     reason = "one check per key, in file order, reads best as one list"
 )]
-/// Turns what was written into what runs. Pure: `password` is the content of
-/// `source.password_file` (already read), `ambient` what the environment said.
+/// Turns what was written into what runs. Pure: `passwords` holds the content of each
+/// source's `password_file` (already read; `[source]` first, then `[[sources]]` in order),
+/// `ambient` what the environment said.
 pub fn validate(
     path: &Path,
     file: FileConfig,
-    password: Option<(PathBuf, String)>,
+    passwords: Vec<Option<(PathBuf, String)>>,
     ambient: &Ambient,
 ) -> Result<Config, Error> {
-    let key_err = |key: &'static str, reason: String| Error::Key {
+    let key_err = |key: &str, reason: String| Error::Key {
         path: path.to_owned(),
-        key,
+        key: key.to_owned(),
         reason,
     };
-    let url = file.source.url.as_deref().ok_or_else(|| {
-        key_err(
-            "source.url",
-            "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\"".to_owned(),
-        )
-    })?;
-    let source: RepoRef = url
-        .parse()
-        .map_err(|e: crate::model::Error| key_err("source.url", e.to_string()))?;
-
-    let credentials = match (file.source.username, password) {
-        (Some(username), Some((file, password))) => Credentials::Basic {
-            username,
-            password: Secret(password),
-            origin: format!("source.password_file {}", file.display()),
-        },
-        (None, Some(_)) => {
+    let entries: Vec<(String, FileSource)> = match (file.source, file.sources.is_empty()) {
+        (Some(_), false) => {
             return Err(key_err(
-                "source.username",
-                "is missing; source.password_file needs a user name".to_owned(),
+                "sources",
+                "is given together with [source]; use one spelling: [source] for one source, [[sources]] for several".to_owned(),
             ));
         }
-        (Some(_), None) => {
+        (Some(one), true) => vec![("source".to_owned(), one)],
+        (None, false) => file
+            .sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (format!("sources[{i}]"), e))
+            .collect(),
+        (None, true) => {
             return Err(key_err(
-                "source.password_file",
-                "is missing; source.username needs a password file".to_owned(),
+                "source.url",
+                "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\""
+                    .to_owned(),
             ));
         }
-        (None, None) => match &ambient.github_token {
-            Some(token) if source.registry == "ghcr.io" => Credentials::Basic {
-                username: "token".to_owned(),
-                password: token.clone(),
-                origin: "GITHUB_TOKEN".to_owned(),
-            },
-            _ => Credentials::Anonymous,
-        },
     };
+    let mut passwords = passwords.into_iter();
+    let mut sources: Vec<Source> = Vec::new();
+    for (key, entry) in entries {
+        let source = validate_source(path, &key, entry, passwords.next().flatten(), ambient)?;
+        if sources.iter().any(|s| s.name == source.name) {
+            return Err(key_err(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} names two sources; give each [[sources]] entry its own name",
+                    source.name
+                ),
+            ));
+        }
+        sources.push(source);
+    }
 
     let concurrency = usize::try_from(file.sync.concurrency)
         .ok()
@@ -371,47 +404,7 @@ pub fn validate(
             ),
         )
     })?;
-    let duration = |key: &'static str, text: &str, zero_ok: bool| {
-        humantime::parse_duration(text)
-            .ok()
-            .filter(|d| zero_ok || !d.is_zero())
-            .ok_or_else(|| {
-                key_err(
-                    key,
-                    format!("{text:?} is not a duration like \"30s\", \"5m\" or \"2h\""),
-                )
-            })
-    };
-    let network = Network {
-        max_attempts: u32::try_from(file.source.max_attempts)
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                key_err(
-                    "source.max_attempts",
-                    format!(
-                        "is {}; it must be between 1 and 100",
-                        file.source.max_attempts
-                    ),
-                )
-            })?,
-        request_timeout: duration(
-            "source.request_timeout",
-            &file.source.request_timeout,
-            false,
-        )?,
-        stall_timeout: duration("source.stall_timeout", &file.source.stall_timeout, false)?,
-        max_requests_per_second: match file.source.max_requests_per_second {
-            0.0 => None,
-            r if r.is_finite() && r > 0.0 => Some(r),
-            r => {
-                return Err(key_err(
-                    "source.max_requests_per_second",
-                    format!("is {r}; it must be 0 (no limit) or a positive number"),
-                ));
-            }
-        },
-    };
+    let duration = |key: &str, text: &str, zero_ok: bool| parse_duration(path, key, text, zero_ok);
     let run_timeout = duration("sync.run_timeout", &file.sync.run_timeout, false)?;
     let log_format = match file.log.format.as_str() {
         "text" => LogFormat::Text,
@@ -449,9 +442,7 @@ pub fn validate(
     }
     Ok(Config {
         path: path.to_owned(),
-        source,
-        credentials,
-        network,
+        sources,
         run_timeout,
         mirror_root,
         state_dir,
@@ -464,10 +455,129 @@ pub fn validate(
     })
 }
 
+fn parse_duration(path: &Path, key: &str, text: &str, zero_ok: bool) -> Result<Duration, Error> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| zero_ok || !d.is_zero())
+        .ok_or_else(|| Error::Key {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason: format!("{text:?} is not a duration like \"30s\", \"5m\" or \"2h\""),
+        })
+}
+
+/// One `[source]` or `[[sources]]` entry; `key` is how errors name it (`source`, `sources[1]`).
+fn validate_source(
+    path: &Path,
+    key: &str,
+    entry: FileSource,
+    password: Option<(PathBuf, String)>,
+    ambient: &Ambient,
+) -> Result<Source, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    let url = entry.url.as_deref().ok_or_else(|| {
+        key_err(
+            "url",
+            "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\"".to_owned(),
+        )
+    })?;
+    let repo: RepoRef = url
+        .parse()
+        .map_err(|e: crate::model::Error| key_err("url", e.to_string()))?;
+    let layout = match entry.layout.as_str() {
+        "spack-oci" => Layout::SpackOci,
+        "oras-files" => Layout::OrasFiles,
+        other => {
+            return Err(key_err(
+                "layout",
+                format!("is {other:?}; it must be \"spack-oci\" or \"oras-files\""),
+            ));
+        }
+    };
+    let name = entry.name.unwrap_or_else(|| repo.repository.clone());
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        return Err(key_err(
+            "name",
+            format!("{name:?} must be 1 to 128 of [A-Za-z0-9._/-]"),
+        ));
+    }
+    let credentials = match (entry.username, password) {
+        (Some(username), Some((file, password))) => Credentials::Basic {
+            username,
+            password: Secret(password),
+            origin: format!("{key}.password_file {}", file.display()),
+        },
+        (None, Some(_)) => {
+            return Err(key_err(
+                "username",
+                format!("is missing; {key}.password_file needs a user name"),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(key_err(
+                "password_file",
+                format!("is missing; {key}.username needs a password file"),
+            ));
+        }
+        (None, None) => match &ambient.github_token {
+            Some(token) if repo.registry == "ghcr.io" => Credentials::Basic {
+                username: "token".to_owned(),
+                password: token.clone(),
+                origin: "GITHUB_TOKEN".to_owned(),
+            },
+            _ => Credentials::Anonymous,
+        },
+    };
+    let duration =
+        |field: &str, text: &str| parse_duration(path, &format!("{key}.{field}"), text, false);
+    let network = Network {
+        max_attempts: u32::try_from(entry.max_attempts)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                key_err(
+                    "max_attempts",
+                    format!("is {}; it must be between 1 and 100", entry.max_attempts),
+                )
+            })?,
+        request_timeout: duration("request_timeout", &entry.request_timeout)?,
+        stall_timeout: duration("stall_timeout", &entry.stall_timeout)?,
+        max_requests_per_second: match entry.max_requests_per_second {
+            0.0 => None,
+            r if r.is_finite() && r > 0.0 => Some(r),
+            r => {
+                return Err(key_err(
+                    "max_requests_per_second",
+                    format!("is {r}; it must be 0 (no limit) or a positive number"),
+                ));
+            }
+        },
+    };
+    if repo.scheme == crate::model::Scheme::Http && !repo.is_loopback() {
+        tracing::warn!(source = %name, url = %repo, "plain HTTP to a registry that is not on this machine: traffic and credentials are not encrypted");
+    }
+    Ok(Source {
+        name,
+        repo,
+        layout,
+        credentials,
+        network,
+    })
+}
+
 /// The effective configuration as `config check` shows it: TOML, secrets redacted.
 #[derive(Debug, Serialize)]
 pub struct Effective {
-    pub source: EffectiveSource,
+    pub sources: Vec<EffectiveSource>,
     pub mirror: FileMirror,
     pub state: FileState,
     pub sync: EffectiveSync,
@@ -476,7 +586,9 @@ pub struct Effective {
 
 #[derive(Debug, Serialize)]
 pub struct EffectiveSource {
+    pub name: String,
     pub url: String,
+    pub layout: Layout,
     pub credentials: String,
     pub max_attempts: u32,
     pub request_timeout: String,
@@ -495,20 +607,26 @@ pub struct EffectiveSync {
 impl Config {
     pub fn effective(&self) -> Effective {
         Effective {
-            source: EffectiveSource {
-                url: self.source.to_string(),
-                credentials: match &self.credentials {
-                    Credentials::Anonymous => "anonymous".to_owned(),
-                    Credentials::Basic {
-                        username, origin, ..
-                    } => format!("user {username}, password from {origin} (redacted)"),
-                },
-                max_attempts: self.network.max_attempts,
-                request_timeout: humantime::format_duration(self.network.request_timeout)
-                    .to_string(),
-                stall_timeout: humantime::format_duration(self.network.stall_timeout).to_string(),
-                max_requests_per_second: self.network.max_requests_per_second.unwrap_or(0.0),
-            },
+            sources: self
+                .sources
+                .iter()
+                .map(|s| EffectiveSource {
+                    name: s.name.clone(),
+                    url: s.repo.to_string(),
+                    layout: s.layout,
+                    credentials: match &s.credentials {
+                        Credentials::Anonymous => "anonymous".to_owned(),
+                        Credentials::Basic {
+                            username, origin, ..
+                        } => format!("user {username}, password from {origin} (redacted)"),
+                    },
+                    max_attempts: s.network.max_attempts,
+                    request_timeout: humantime::format_duration(s.network.request_timeout)
+                        .to_string(),
+                    stall_timeout: humantime::format_duration(s.network.stall_timeout).to_string(),
+                    max_requests_per_second: s.network.max_requests_per_second.unwrap_or(0.0),
+                })
+                .collect(),
             mirror: FileMirror {
                 root: self.mirror_root.clone(),
             },
@@ -536,19 +654,35 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn entry(url: &str) -> FileSource {
+        FileSource {
+            url: Some(url.to_owned()),
+            ..FileSource::default()
+        }
+    }
+
     fn file(url: &str) -> FileConfig {
-        let mut f = FileConfig::default();
-        f.source.url = Some(url.to_owned());
-        f
+        FileConfig {
+            source: Some(entry(url)),
+            ..FileConfig::default()
+        }
+    }
+
+    fn src(f: &mut FileConfig) -> &mut FileSource {
+        f.source.as_mut().unwrap()
     }
 
     fn check(f: FileConfig) -> Result<Config, Error> {
         validate(
             Path::new("/etc/x/config.toml"),
             f,
-            None,
+            Vec::new(),
             &Ambient::default(),
         )
+    }
+
+    fn err_of(f: FileConfig) -> String {
+        check(f).unwrap_err().to_string()
     }
 
     #[test]
@@ -556,7 +690,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
         let c = load(&path).unwrap();
         let d = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
-        assert_eq!(c.source, d.source);
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sources[0].repo, d.sources[0].repo);
+        assert_eq!(c.sources[0].name, d.sources[0].name);
+        assert_eq!(c.sources[0].layout, d.sources[0].layout);
+        assert_eq!(c.sources[0].network, d.sources[0].network);
         assert_eq!(c.mirror_root, d.mirror_root);
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.concurrency, d.concurrency);
@@ -564,7 +702,6 @@ mod tests {
         assert_eq!(c.on_start, d.on_start);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.log_format, d.log_format);
-        assert_eq!(c.network, d.network);
         assert_eq!(c.run_timeout, d.run_timeout);
     }
 
@@ -573,13 +710,16 @@ mod tests {
         let c = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
         assert_eq!(c.concurrency, 8);
         assert_eq!(c.mirror_root, Path::new("/var/lib/spack-mirrord/mirror"));
-        assert_eq!(c.credentials, Credentials::Anonymous);
+        let s = &c.sources[0];
+        assert_eq!(s.credentials, Credentials::Anonymous);
+        assert_eq!(s.name, "spack/github-actions-buildcache");
+        assert_eq!(s.layout, Layout::SpackOci);
         assert!(c.on_start);
     }
 
     #[test]
     fn missing_url_names_the_key() {
-        let err = check(FileConfig::default()).unwrap_err().to_string();
+        let err = err_of(FileConfig::default());
         assert!(err.contains("source.url"), "{err}");
         assert!(err.contains("/etc/x/config.toml"), "{err}");
     }
@@ -588,52 +728,55 @@ mod tests {
     fn bad_values_name_their_key() {
         let mut f = file("oci://ghcr.io/a/b");
         f.sync.concurrency = 0;
-        assert!(
-            check(f)
-                .unwrap_err()
-                .to_string()
-                .contains("sync.concurrency")
-        );
+        assert!(err_of(f).contains("sync.concurrency"));
         let mut f = file("oci://ghcr.io/a/b");
         f.sync.schedule = "*/5 * * * *".to_owned();
-        assert!(check(f).unwrap_err().to_string().contains("sync.schedule"));
+        assert!(err_of(f).contains("sync.schedule"));
         let mut f = file("oci://ghcr.io/a/b");
-        f.source.request_timeout = "soon".to_owned();
-        assert!(
-            check(f)
-                .unwrap_err()
-                .to_string()
-                .contains("source.request_timeout")
-        );
+        src(&mut f).request_timeout = "soon".to_owned();
+        assert!(err_of(f).contains("source.request_timeout"));
         let mut f = file("oci://ghcr.io/a/b");
-        f.source.max_attempts = 0;
-        assert!(
-            check(f)
-                .unwrap_err()
-                .to_string()
-                .contains("source.max_attempts")
-        );
+        src(&mut f).max_attempts = 0;
+        assert!(err_of(f).contains("source.max_attempts"));
         let mut f = file("oci://ghcr.io/a/b");
-        f.source.max_requests_per_second = -1.0;
-        assert!(
-            check(f)
-                .unwrap_err()
-                .to_string()
-                .contains("source.max_requests_per_second")
-        );
+        src(&mut f).max_requests_per_second = -1.0;
+        assert!(err_of(f).contains("source.max_requests_per_second"));
+        let mut f = file("oci://ghcr.io/a/b");
+        src(&mut f).layout = "flat".to_owned();
+        assert!(err_of(f).contains("source.layout"));
         let mut f = file("oci://ghcr.io/a/b");
         f.sync.run_timeout = "0s".to_owned();
-        assert!(
-            check(f)
-                .unwrap_err()
-                .to_string()
-                .contains("sync.run_timeout")
-        );
+        assert!(err_of(f).contains("sync.run_timeout"));
         let mut f = file("oci://ghcr.io/a/b");
         f.log.format = "xml".to_owned();
-        assert!(check(f).unwrap_err().to_string().contains("log.format"));
-        let err = check(file("https://ghcr.io/a/b")).unwrap_err().to_string();
+        assert!(err_of(f).contains("log.format"));
+        let err = err_of(file("https://ghcr.io/a/b"));
         assert!(err.contains("source.url"), "{err}");
+    }
+
+    #[test]
+    fn several_sources_are_named_and_checked_each() {
+        let mut f = FileConfig {
+            sources: vec![
+                entry("oci://ghcr.io/spack/github-actions-buildcache"),
+                FileSource {
+                    name: Some("site".to_owned()),
+                    ..entry("oci+http://127.0.0.1:5000/site/cache")
+                },
+            ],
+            ..FileConfig::default()
+        };
+        let c = check(f.clone()).unwrap();
+        let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["spack/github-actions-buildcache", "site"]);
+        f.sources[1].url = Some("ftp://x/y".to_owned());
+        assert!(err_of(f.clone()).contains("sources[1].url"));
+        f.sources[1] = entry("oci://ghcr.io/spack/github-actions-buildcache");
+        let err = err_of(f.clone());
+        assert!(err.contains("sources[1].name"), "{err}");
+        f.source = Some(entry("oci://ghcr.io/a/b"));
+        let err = err_of(f);
+        assert!(err.contains("one spelling"), "{err}");
     }
 
     #[test]
@@ -651,7 +794,7 @@ mod tests {
         let mut f = file("oci://ghcr.io/a/b");
         f.mirror.root = PathBuf::from("/srv/m");
         f.state.dir = PathBuf::from("/srv/m/state");
-        assert!(check(f).unwrap_err().to_string().contains("state.dir"));
+        assert!(err_of(f).contains("state.dir"));
     }
 
     #[test]
@@ -660,18 +803,21 @@ mod tests {
             github_token: Some(Secret("ghp_secret".to_owned())),
         };
         let p = Path::new("/c.toml");
-        let c = validate(p, file("oci://ghcr.io/a/b"), None, &ambient).unwrap();
-        assert!(matches!(c.credentials, Credentials::Basic { .. }));
+        let c = validate(p, file("oci://ghcr.io/a/b"), Vec::new(), &ambient).unwrap();
+        assert!(matches!(
+            c.sources[0].credentials,
+            Credentials::Basic { .. }
+        ));
         let shown = format!("{c:?} {:?}", c.effective());
         assert!(!shown.contains("ghp_secret"), "{shown}");
-        let c = validate(p, file("oci://quay.io/a/b"), None, &ambient).unwrap();
-        assert_eq!(c.credentials, Credentials::Anonymous);
+        let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
+        assert_eq!(c.sources[0].credentials, Credentials::Anonymous);
     }
 
     #[test]
     fn password_file_needs_a_username() {
         let p = Path::new("/c.toml");
-        let pw = Some((PathBuf::from("/pw"), "s".to_owned()));
+        let pw = vec![Some((PathBuf::from("/pw"), "s".to_owned()))];
         let err = validate(p, file("oci://ghcr.io/a/b"), pw, &Ambient::default()).unwrap_err();
         assert!(err.to_string().contains("source.username"));
     }

@@ -317,7 +317,7 @@ async fn reload_loop(
                     schedule_tx.send_replace(new.schedule.clone());
                 }
                 tracing::info!(
-                    source = %new.source,
+                    sources = new.sources.len(),
                     concurrency = new.concurrency,
                     schedule = %new.schedule_text,
                     "configuration reloaded"

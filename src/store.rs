@@ -113,9 +113,19 @@ pub struct RunRow {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    pub source: String,
     pub tag: String,
     pub kind: String,
     pub message: String,
+}
+
+/// One source's part of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSourceRow {
+    pub source: String,
+    pub url: String,
+    pub counts: RunCounts,
+    pub error: Option<String>,
 }
 
 /// A tag as the ledger last saw it.
@@ -139,6 +149,8 @@ pub struct SpecRow {
     pub spec_json: String,
     /// Dag hashes that must be in the mirror for this spec to install.
     pub requires: Vec<String>,
+    /// The source that published it.
+    pub source: String,
 }
 
 /// A file written under the mirror root.
@@ -298,15 +310,78 @@ impl Store {
     pub fn record_problem(
         &self,
         run_id: i64,
+        source: &str,
         tag: &str,
         kind: &str,
         message: &str,
     ) -> Result<(), Error> {
         self.conn.execute(
-            "INSERT INTO run_problems (run_id, tag, kind, message) VALUES (?1, ?2, ?3, ?4)",
-            params![run_id, tag, kind, message],
+            "INSERT INTO run_problems (run_id, source, tag, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, source, tag, kind, message],
         )?;
         Ok(())
+    }
+
+    /// What one source contributed to a run (written as the run goes, and at its end).
+    pub fn record_run_source(&self, run_id: i64, row: &RunSourceRow) -> Result<(), Error> {
+        let c = &row.counts;
+        self.conn.execute(
+            "INSERT INTO run_sources (run_id, source, url, specs_total, specs_fetched, specs_failed,
+                 specs_skipped, blobs_fetched, bytes_fetched, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url,
+                specs_total = excluded.specs_total, specs_fetched = excluded.specs_fetched,
+                specs_failed = excluded.specs_failed, specs_skipped = excluded.specs_skipped,
+                blobs_fetched = excluded.blobs_fetched, bytes_fetched = excluded.bytes_fetched,
+                error = excluded.error",
+            params![
+                run_id,
+                row.source,
+                row.url,
+                to_i64(c.specs_total),
+                to_i64(c.specs_fetched),
+                to_i64(c.specs_failed),
+                to_i64(c.specs_skipped),
+                to_i64(c.blobs_fetched),
+                to_i64(c.bytes_fetched),
+                row.error
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn run_sources(&self, run_id: i64) -> Result<Vec<RunSourceRow>, Error> {
+        let mut stmt = self.conn.prepare(
+            "SELECT source, url, specs_total, specs_fetched, specs_failed, specs_skipped,
+                    blobs_fetched, bytes_fetched, error
+             FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(RunSourceRow {
+                source: r.get(0)?,
+                url: r.get(1)?,
+                counts: RunCounts {
+                    specs_total: to_u64(r.get(2)?),
+                    specs_fetched: to_u64(r.get(3)?),
+                    specs_failed: to_u64(r.get(4)?),
+                    specs_skipped: to_u64(r.get(5)?),
+                    tags_ignored: 0,
+                    blobs_fetched: to_u64(r.get(6)?),
+                    bytes_fetched: to_u64(r.get(7)?),
+                },
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Published specs per source.
+    pub fn specs_per_source(&self) -> Result<Vec<(String, u64)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, COUNT(*) FROM specs GROUP BY source ORDER BY source")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The newest run; a `running` row whose process is gone reads as failed, "interrupted".
@@ -352,13 +427,14 @@ impl Store {
 
     pub fn problems(&self, run_id: i64) -> Result<Vec<Problem>, Error> {
         let mut stmt = self.conn.prepare(
-            "SELECT tag, kind, message FROM run_problems WHERE run_id = ?1 ORDER BY rowid",
+            "SELECT source, tag, kind, message FROM run_problems WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([run_id], |r| {
             Ok(Problem {
-                tag: r.get(0)?,
-                kind: r.get(1)?,
-                message: r.get(2)?,
+                source: r.get(0)?,
+                tag: r.get(1)?,
+                kind: r.get(2)?,
+                message: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -375,11 +451,12 @@ impl Store {
         Ok((to_u64(specs), to_u64(bytes)))
     }
 
-    pub fn known_tags(&self) -> Result<HashMap<String, KnownTag>, Error> {
+    /// The tags of one source as the ledger last saw them.
+    pub fn known_tags(&self, source: &str) -> Result<HashMap<String, KnownTag>, Error> {
         let mut stmt = self
             .conn
-            .prepare("SELECT tag, manifest_digest, spec_hash FROM tags")?;
-        let rows = stmt.query_map([], |r| {
+            .prepare("SELECT tag, manifest_digest, spec_hash FROM source_tags WHERE source = ?1")?;
+        let rows = stmt.query_map([source], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 KnownTag {
@@ -395,16 +472,19 @@ impl Store {
     pub fn touch_tags<'a>(
         &mut self,
         run_id: i64,
+        source: &str,
         tags: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare(
-                "INSERT INTO tags (tag, kind, first_seen_run, last_seen_run) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(tag) DO UPDATE SET last_seen_run = excluded.last_seen_run, kind = excluded.kind",
+                "INSERT INTO source_tags (source, tag, kind, first_seen_run, last_seen_run)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(source, tag) DO UPDATE SET last_seen_run = excluded.last_seen_run,
+                    kind = excluded.kind",
             )?;
             for (tag, kind) in tags {
-                stmt.execute(params![tag, kind, run_id])?;
+                stmt.execute(params![source, tag, kind, run_id])?;
             }
         }
         tx.commit()?;
@@ -413,7 +493,7 @@ impl Store {
 
     pub fn specs(&self) -> Result<Vec<SpecRow>, Error> {
         let mut stmt = self.conn.prepare(
-            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires
+            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires, source
              FROM specs ORDER BY name, version, hash",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -432,6 +512,7 @@ impl Store {
                     .split_whitespace()
                     .map(str::to_owned)
                     .collect(),
+                source: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -479,6 +560,7 @@ impl Store {
     pub fn record_spec(
         &mut self,
         run_id: i64,
+        source: &str,
         spec: &SpecRow,
         manifest_digest: &str,
         manifest_file: &FileRow,
@@ -487,8 +569,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO specs (hash, name, version, arch, tag, manifest_path, tarball_digest,
-                                spec_digest, spec_json, requires, run_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10)
+                                spec_digest, spec_json, requires, run_id, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12)
              ON CONFLICT(hash) DO UPDATE SET name = excluded.name, version = excluded.version,
                 arch = excluded.arch, tag = excluded.tag, manifest_path = excluded.manifest_path,
                 tarball_digest = excluded.tarball_digest, spec_digest = excluded.spec_digest,
@@ -505,16 +587,18 @@ impl Store {
                 spec.spec_digest,
                 spec.spec_json,
                 run_id,
-                spec.requires.join(" ")
+                spec.requires.join(" "),
+                source
             ],
         )?;
         insert_file(&tx, run_id, manifest_file, now)?;
         tx.execute(
-            "INSERT INTO tags (tag, kind, manifest_digest, spec_hash, first_seen_run, last_seen_run)
-             VALUES (?1, 'spec', ?2, ?3, ?4, ?4)
-             ON CONFLICT(tag) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+            "INSERT INTO source_tags (source, tag, kind, manifest_digest, spec_hash, first_seen_run,
+                                      last_seen_run)
+             VALUES (?5, ?1, 'spec', ?2, ?3, ?4, ?4)
+             ON CONFLICT(source, tag) DO UPDATE SET manifest_digest = excluded.manifest_digest,
                 spec_hash = excluded.spec_hash, last_seen_run = excluded.last_seen_run",
-            params![spec.tag, manifest_digest, spec.hash, run_id],
+            params![spec.tag, manifest_digest, spec.hash, run_id, source],
         )?;
         tx.commit()?;
         Ok(())
@@ -550,13 +634,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn registry_index(&self) -> Result<Option<RegistryIndexRow>, Error> {
+    pub fn registry_index(&self, source: &str) -> Result<Option<RegistryIndexRow>, Error> {
         Ok(self
             .conn
             .query_row(
                 "SELECT manifest_digest, blob_digest, blob_size, db_version, in_buildcache
-                 FROM registry_index WHERE id = 1",
-                [],
+                 FROM source_indexes WHERE source = ?1",
+                [source],
                 |r| {
                     Ok(RegistryIndexRow {
                         manifest_digest: r.get(0)?,
@@ -574,11 +658,12 @@ impl Store {
             .optional()?)
     }
 
-    pub fn set_registry_index(&self, row: &RegistryIndexRow) -> Result<(), Error> {
+    pub fn set_registry_index(&self, source: &str, row: &RegistryIndexRow) -> Result<(), Error> {
         self.conn.execute(
-            "INSERT INTO registry_index (id, manifest_digest, blob_digest, blob_size, db_version, in_buildcache)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+            "INSERT INTO source_indexes (source, manifest_digest, blob_digest, blob_size, db_version,
+                                         in_buildcache)
+             VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(source) DO UPDATE SET manifest_digest = excluded.manifest_digest,
                 blob_digest = excluded.blob_digest, blob_size = excluded.blob_size,
                 db_version = excluded.db_version, in_buildcache = excluded.in_buildcache",
             params![
@@ -586,7 +671,8 @@ impl Store {
                 row.blob_digest,
                 to_i64(row.blob_size),
                 row.db_version,
-                row.in_buildcache.join(" ")
+                row.in_buildcache.join(" "),
+                source
             ],
         )?;
         Ok(())
@@ -706,9 +792,11 @@ mod tests {
             spec_digest: "s".to_owned(),
             spec_json: "{}".to_owned(),
             requires: vec!["r".repeat(32)],
+            source: "main".to_owned(),
         };
         s.record_spec(
             id,
+            "main",
             &spec,
             "sha256:m",
             &file("v3/manifests/spec/zlib/m", 5),
@@ -716,7 +804,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.mirror_totals().unwrap(), (1, 105));
-        let tags = s.known_tags().unwrap();
+        let tags = s.known_tags("main").unwrap();
+        assert!(s.known_tags("other").unwrap().is_empty());
         assert_eq!(
             tags["zlib-1-h.spack"].spec_hash.as_deref(),
             Some(spec.hash.as_str())
@@ -740,7 +829,7 @@ mod tests {
     #[test]
     fn registry_index_round_trips() {
         let s = Store::open_in_memory().unwrap();
-        assert!(s.registry_index().unwrap().is_none());
+        assert!(s.registry_index("a").unwrap().is_none());
         let row = RegistryIndexRow {
             manifest_digest: "m".to_owned(),
             blob_digest: "b".to_owned(),
@@ -748,8 +837,9 @@ mod tests {
             db_version: Some("8".to_owned()),
             in_buildcache: vec!["a".to_owned(), "b".to_owned()],
         };
-        s.set_registry_index(&row).unwrap();
-        assert_eq!(s.registry_index().unwrap(), Some(row));
+        s.set_registry_index("a", &row).unwrap();
+        assert_eq!(s.registry_index("a").unwrap(), Some(row));
+        assert!(s.registry_index("b").unwrap().is_none());
     }
 
     #[test]

@@ -162,6 +162,8 @@ fn now() -> i64 {
 
 /// A spec tag whose manifest and config were fetched and checked.
 struct Candidate {
+    /// Index of the source that listed it.
+    source: usize,
     tag: Tag,
     manifest_digest: Digest,
     image: SpecImage,
@@ -175,7 +177,7 @@ struct Candidate {
 struct Run<'a> {
     config: &'a Config,
     store: Store,
-    registry: Arc<RegistryClient>,
+    sources: Vec<SourceState>,
     mirror: Mirror,
     run_id: i64,
     counts: RunCounts,
@@ -204,15 +206,29 @@ pub async fn run(
     )?;
     let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());
     let _enter = span.enter();
-    tracing::info!(source = %config.source, mirror = %config.mirror_root.display(), "sync started");
+    tracing::info!(
+        sources = config.sources.len(),
+        mirror = %config.mirror_root.display(),
+        "sync started"
+    );
 
-    let setup = || -> Result<(Mirror, RegistryClient), Fatal> {
+    let setup = || -> Result<(Mirror, Vec<SourceState>), Fatal> {
         let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
-        let registry =
-            RegistryClient::with_network(&config.source, &config.credentials, &config.network)?;
-        Ok((mirror, registry))
+        let mut sources = Vec::new();
+        for source in &config.sources {
+            let registry =
+                RegistryClient::with_network(&source.repo, &source.credentials, &source.network)?;
+            sources.push(SourceState {
+                config: source.clone(),
+                registry: Arc::new(registry),
+                counts: RunCounts::default(),
+                error: None,
+                has_index: false,
+            });
+        }
+        Ok((mirror, sources))
     };
-    let (mirror, registry) = match setup() {
+    let (mirror, sources) = match setup() {
         Ok(v) => v,
         Err(Fatal(msg)) => {
             return finish(
@@ -229,7 +245,7 @@ pub async fn run(
         config,
         files: store.files()?,
         store,
-        registry: Arc::new(registry),
+        sources,
         mirror,
         run_id,
         counts: RunCounts::default(),
@@ -246,7 +262,9 @@ pub async fn run(
     };
     let (outcome, error) = match result {
         Ok(()) if cancel.is_cancelled() => (Outcome::Cancelled, Some("cancelled".to_owned())),
-        Ok(()) if run.counts.specs_failed > 0 => (Outcome::Partial, None),
+        Ok(()) if run.counts.specs_failed > 0 || run.sources.iter().any(|s| s.error.is_some()) => {
+            (Outcome::Partial, run.source_errors())
+        }
         Ok(()) => (Outcome::Success, None),
         Err(Fatal(msg)) if cancel.is_cancelled() => (Outcome::Cancelled, Some(msg)),
         Err(Fatal(msg)) => {
@@ -254,7 +272,54 @@ pub async fn run(
             (Outcome::Failed, Some(msg))
         }
     };
+    for src in &run.sources {
+        let row = store::RunSourceRow {
+            source: src.config.name.clone(),
+            url: src.config.repo.to_string(),
+            counts: src.counts.clone(),
+            error: src.error.clone(),
+        };
+        if let Err(e) = run.store.record_run_source(run_id, &row) {
+            tracing::warn!(source = %src.config.name, error = &e as &dyn std::error::Error, "cannot record the source's part of the run");
+        }
+    }
     finish(&run.store, run_id, outcome, &run.counts, error, started)
+}
+
+/// One source during a run.
+struct SourceState {
+    config: crate::config::Source,
+    registry: Arc<RegistryClient>,
+    /// This source's part of the run's counts.
+    counts: RunCounts,
+    /// Why the source could not be read at all (the others go on).
+    error: Option<String>,
+    /// Whether it lists an `index.spack` tag.
+    has_index: bool,
+}
+
+/// Why a source stopped: only that source (registry unreachable, credentials), or the run.
+enum SourceError {
+    Source(String),
+    Fatal(Fatal),
+}
+
+impl From<Fatal> for SourceError {
+    fn from(f: Fatal) -> Self {
+        Self::Fatal(f)
+    }
+}
+
+impl From<store::Error> for SourceError {
+    fn from(e: store::Error) -> Self {
+        Self::Fatal(e.into())
+    }
+}
+
+impl From<registry::Error> for SourceError {
+    fn from(e: registry::Error) -> Self {
+        Self::Source(error_chain(&e))
+    }
 }
 
 fn finish(
@@ -318,21 +383,67 @@ impl Run<'_> {
         }
     }
 
-    fn fail_item(&mut self, tag: &str, message: &str) -> Result<(), Fatal> {
-        tracing::warn!(tag, error = message, "spec failed");
+    fn fail_item(&mut self, src: usize, tag: &str, message: &str) -> Result<(), Fatal> {
+        let source = &mut self.sources[src];
+        tracing::warn!(source = %source.config.name, tag, error = message, "spec failed");
         self.counts.specs_failed += 1;
+        source.counts.specs_failed += 1;
         self.store
-            .record_problem(self.run_id, tag, "failed", message)?;
+            .record_problem(self.run_id, &source.config.name, tag, "failed", message)?;
         self.store.update_counts(self.run_id, &self.counts)?;
         Ok(())
     }
 
-    fn skip_item(&mut self, tag: &str, reason: &str) -> Result<(), Fatal> {
-        tracing::warn!(tag, reason, "tag skipped: not a usable spec");
+    fn skip_item(&mut self, src: usize, tag: &str, reason: &str) -> Result<(), Fatal> {
+        let source = &mut self.sources[src];
+        tracing::warn!(source = %source.config.name, tag, reason, "tag skipped: not a usable spec");
         self.counts.specs_skipped += 1;
+        source.counts.specs_skipped += 1;
         self.store
-            .record_problem(self.run_id, tag, "skipped", reason)?;
+            .record_problem(self.run_id, &source.config.name, tag, "skipped", reason)?;
         Ok(())
+    }
+
+    /// The reasons of the sources that could not be read, on one line.
+    fn source_errors(&self) -> Option<String> {
+        let errors: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| {
+                s.error
+                    .as_ref()
+                    .map(|e| format!("source {}: {e}", s.config.name))
+            })
+            .collect();
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+
+    /// Lists one source's tags and fetches the manifests and configs of what is new.
+    async fn collect_source(
+        &mut self,
+        src: usize,
+        full: bool,
+        intact: &[&SpecRow],
+    ) -> Result<Vec<Candidate>, SourceError> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let name = self.sources[src].config.name.clone();
+        if self.sources[src].config.layout != crate::config::Layout::SpackOci {
+            return Err(SourceError::Source(
+                "layout oras-files is not supported by this version".to_owned(),
+            ));
+        }
+        registry.authenticate().await?;
+        let remote = registry.list_tags().await?;
+        let intact_tags: HashSet<String> = intact
+            .iter()
+            .filter(|s| s.source == name)
+            .map(|s| s.tag.clone())
+            .collect();
+        let mut plan = self.plan(src, &remote, &intact_tags, full)?;
+        self.sources[src].has_index = plan.has_index;
+        let changed = self.recheck(src, std::mem::take(&mut plan.recheck)).await?;
+        plan.fetch.extend(changed);
+        Ok(self.fetch_specs(src, plan.fetch).await?)
     }
 
     /// Whether a ledger-recorded file is present under the root with its recorded size.
@@ -362,9 +473,6 @@ impl Run<'_> {
 
     async fn execute(&mut self, full: bool) -> Result<(), Fatal> {
         self.reconcile_partials()?;
-        self.registry.authenticate().await?;
-        let remote = self.registry.list_tags().await?;
-
         let published = self.store.specs()?;
         let intact_specs: Vec<&SpecRow> = published
             .iter()
@@ -376,13 +484,25 @@ impl Run<'_> {
                         .is_some_and(|d| self.is_intact(&spack::blob_path(&d)))
             })
             .collect();
-        let intact_tags: HashSet<String> = intact_specs.iter().map(|s| s.tag.clone()).collect();
-        let mut plan = self.plan(&remote, &intact_tags, full)?;
 
-        let changed = self.recheck(std::mem::take(&mut plan.recheck)).await?;
-        plan.fetch.extend(changed);
-
-        let candidates = self.fetch_specs(plan.fetch).await?;
+        let mut candidates = Vec::new();
+        for src in 0..self.sources.len() {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            match self.collect_source(src, full, &intact_specs).await {
+                Ok(c) => candidates.extend(c),
+                Err(SourceError::Fatal(f)) => return Err(f),
+                Err(SourceError::Source(msg)) => {
+                    let source = &mut self.sources[src];
+                    tracing::error!(source = %source.config.name, url = %source.config.repo, error = msg, "source failed; the others go on");
+                    source.error = Some(msg);
+                }
+            }
+        }
+        if self.sources.iter().all(|s| s.error.is_some()) {
+            return Err(Fatal(self.source_errors().unwrap_or_default()));
+        }
         if self.cancel.is_cancelled() {
             return Ok(());
         }
@@ -426,7 +546,7 @@ impl Run<'_> {
                     c.spec.version,
                     missing.join(", ")
                 );
-                self.fail_item(c.tag.as_str(), &msg)?;
+                self.fail_item(c.source, c.tag.as_str(), &msg)?;
             }
         }
         if self.cancel.is_cancelled() {
@@ -436,24 +556,26 @@ impl Run<'_> {
             .iter()
             .filter_map(|h| spec_json.get(h).map(String::as_str))
             .collect();
-        self.publish_index(plan.has_index, &installable, &jsons)
-            .await?;
+        self.publish_index(&installable, &jsons).await?;
         self.publish_layout().await
     }
 
     /// Sorts the listed tags against the ledger and records what was seen.
     fn plan(
         &mut self,
+        src: usize,
         remote: &[String],
         intact_tags: &HashSet<String>,
         full: bool,
     ) -> Result<plan::SyncPlan, Fatal> {
-        let known = self.store.known_tags()?;
+        let name = self.sources[src].config.name.clone();
+        let known = self.store.known_tags(&name)?;
         let plan = plan::plan_sync(remote, &known, intact_tags, full);
-        self.counts.specs_total = plan.spec_tags.len() as u64;
+        self.counts.specs_total += plan.spec_tags.len() as u64;
+        self.sources[src].counts.specs_total = plan.spec_tags.len() as u64;
         let specs_total = self.counts.specs_total;
         self.report_progress(|p| p.specs_total = specs_total);
-        self.counts.tags_ignored = plan.ignored.len() as u64;
+        self.counts.tags_ignored += plan.ignored.len() as u64;
         for tag in &plan.ignored {
             tracing::debug!(tag, "tag ignored: neither a spec nor the index");
         }
@@ -471,9 +593,10 @@ impl Run<'_> {
                 .filter(|t| t.parse::<Tag>().is_ok())
                 .map(|t| (t.as_str(), "other")),
         );
-        self.store.touch_tags(self.run_id, seen)?;
+        self.store.touch_tags(self.run_id, &name, seen)?;
         self.store.update_counts(self.run_id, &self.counts)?;
         tracing::info!(
+            source = %name,
             spec_tags = plan.spec_tags.len(),
             fetch = plan.fetch.len(),
             recheck = plan.recheck.len(),
@@ -555,8 +678,8 @@ impl Run<'_> {
     }
 
     /// `--full`: HEAD every known tag; those whose digest moved are fetched again.
-    async fn recheck(&mut self, tags: Vec<(Tag, String)>) -> Result<Vec<Tag>, Fatal> {
-        let registry = Arc::clone(&self.registry);
+    async fn recheck(&mut self, src: usize, tags: Vec<(Tag, String)>) -> Result<Vec<Tag>, Fatal> {
+        let registry = Arc::clone(&self.sources[src].registry);
         let mut results = futures_util::stream::iter(tags)
             .map(move |(tag, digest)| {
                 let registry = Arc::clone(&registry);
@@ -573,20 +696,20 @@ impl Run<'_> {
             match now {
                 Ok(Some(d)) if d.as_str() == old => {}
                 Ok(_) => changed.push(tag),
-                Err(e) => self.fail_item(tag.as_str(), &error_chain(&e))?,
+                Err(e) => self.fail_item(src, tag.as_str(), &error_chain(&e))?,
             }
         }
         Ok(changed)
     }
 
     /// Manifests and configs of the tags to fetch, checked against each other.
-    async fn fetch_specs(&mut self, tags: Vec<Tag>) -> Result<Vec<Candidate>, Fatal> {
-        let registry = Arc::clone(&self.registry);
+    async fn fetch_specs(&mut self, src: usize, tags: Vec<Tag>) -> Result<Vec<Candidate>, Fatal> {
+        let registry = Arc::clone(&self.sources[src].registry);
         let mut results = futures_util::stream::iter(tags)
             .map(move |tag| {
                 let registry = Arc::clone(&registry);
                 async move {
-                    let r = fetch_spec(&registry, &tag).await;
+                    let r = fetch_spec(&registry, src, &tag).await;
                     (tag, r)
                 }
             })
@@ -595,9 +718,9 @@ impl Run<'_> {
         while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
                 Ok(Fetched::Spec(c)) => out.push(*c),
-                Ok(Fetched::Skip(reason)) => self.skip_item(tag.as_str(), &reason)?,
+                Ok(Fetched::Skip(reason)) => self.skip_item(src, tag.as_str(), &reason)?,
                 Err(ItemError::Fatal(e)) => return Err(Fatal::of(&*e)),
-                Err(ItemError::Item(msg)) => self.fail_item(tag.as_str(), &msg)?,
+                Err(ItemError::Item(msg)) => self.fail_item(src, tag.as_str(), &msg)?,
             }
         }
         Ok(out)
@@ -720,22 +843,39 @@ impl Run<'_> {
             self.store
                 .record_partial(d.digest.as_str(), &path.to_string_lossy(), kept, now())?;
         }
-        let (registry, mirror) = (Arc::clone(&self.registry), self.mirror.clone());
-        let mut results = futures_util::stream::iter(jobs)
-            .map(move |d| {
-                let (registry, mirror) = (Arc::clone(&registry), mirror.clone());
+        // Each tarball comes from the first source that listed it.
+        let mut from: HashMap<Digest, usize> = HashMap::new();
+        for c in &candidates {
+            from.entry(c.image.tarball.digest.clone())
+                .or_insert(c.source);
+        }
+        let registries: Vec<Arc<RegistryClient>> = self
+            .sources
+            .iter()
+            .map(|s| Arc::clone(&s.registry))
+            .collect();
+        let mirror = self.mirror.clone();
+        let tasks: Vec<(usize, spack::Descriptor)> = jobs
+            .into_iter()
+            .map(|d| (from.get(&d.digest).copied().unwrap_or(0), d))
+            .collect();
+        let mut results = futures_util::stream::iter(tasks)
+            .map(move |(src, d)| {
+                let (registry, mirror) = (Arc::clone(&registries[src]), mirror.clone());
                 async move {
                     let r = download(&registry, &mirror, &d).await;
-                    (d, r)
+                    (src, d, r)
                 }
             })
             .buffer_unordered(self.config.concurrency);
         let mut failed: HashMap<Digest, String> = HashMap::new();
-        while let Some(Some((d, r))) = self.cancel.run_until_cancelled(results.next()).await {
+        while let Some(Some((src, d, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
                 Ok(size) => {
                     self.counts.blobs_fetched += 1;
                     self.counts.bytes_fetched += size;
+                    self.sources[src].counts.blobs_fetched += 1;
+                    self.sources[src].counts.bytes_fetched += size;
                     self.record_file(&spack::blob_path(&d.digest), "tarball", &d.digest, size)?;
                     self.store.forget_partial(d.digest.as_str())?;
                     self.store.update_counts(self.run_id, &self.counts)?;
@@ -761,7 +901,7 @@ impl Run<'_> {
         for c in candidates {
             if let Some(msg) = failed.get(&c.image.tarball.digest) {
                 let msg = format!("tarball of {}: {msg}", c.tag);
-                self.fail_item(c.tag.as_str(), &msg)?;
+                self.fail_item(c.source, c.tag.as_str(), &msg)?;
                 continue;
             }
             let blob = spack::spec_blob(&c.spec);
@@ -781,7 +921,7 @@ impl Run<'_> {
         let spec = &c.spec;
         let manifest_path = match spack::spec_manifest_path(&spec.name, &spec.version, &spec.hash) {
             Ok(p) => p,
-            Err(e) => return self.fail_item(c.tag.as_str(), &error_chain(&e)),
+            Err(e) => return self.fail_item(c.source, c.tag.as_str(), &error_chain(&e)),
         };
         let spec_path = spack::blob_path(spec_digest);
         let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
@@ -812,6 +952,7 @@ impl Run<'_> {
             spec_digest: spec_digest.to_string(),
             spec_json: spec.spec_json.clone(),
             requires: spec.requires.clone(),
+            source: self.sources[c.source].config.name.clone(),
         };
         let file = FileRow {
             path: manifest_path.clone(),
@@ -819,10 +960,17 @@ impl Run<'_> {
             digest: manifest_digest.to_string(),
             size: manifest.len() as u64,
         };
-        self.store
-            .record_spec(self.run_id, &row, c.manifest_digest.as_str(), &file, now())?;
+        self.store.record_spec(
+            self.run_id,
+            &row.source,
+            &row,
+            c.manifest_digest.as_str(),
+            &file,
+            now(),
+        )?;
         self.files.insert(manifest_path, file);
         self.counts.specs_fetched += 1;
+        self.sources[c.source].counts.specs_fetched += 1;
         self.store.update_counts(self.run_id, &self.counts)?;
         tracing::debug!(tag = %c.tag, spec = %spec.name, hash = %spec.hash, "spec published");
         Ok(())
@@ -830,8 +978,10 @@ impl Run<'_> {
 
     /// Refreshes what the ledger knows of the registry's `index.spack` when its manifest
     /// changed; returns the blob bytes when they were fetched in this run.
-    async fn refresh_registry_index(&mut self) -> Result<Option<Vec<u8>>, Fatal> {
-        let (manifest, digest) = match self.registry.fetch_manifest(spack::INDEX_TAG).await {
+    async fn refresh_registry_index(&mut self, src: usize) -> Result<Option<Vec<u8>>, Fatal> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let name = self.sources[src].config.name.clone();
+        let (manifest, digest) = match registry.fetch_manifest(spack::INDEX_TAG).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(
@@ -841,7 +991,7 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let known = self.store.registry_index()?;
+        let known = self.store.registry_index(&name)?;
         if known
             .as_ref()
             .is_some_and(|k| k.manifest_digest == digest.as_str())
@@ -858,8 +1008,7 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let blob = match self
-            .registry
+        let blob = match registry
             .fetch_small_blob(&layer.digest, MAX_INDEX_BYTES)
             .await
         {
@@ -873,33 +1022,40 @@ impl Run<'_> {
             }
         };
         let summary = spack::index_summary(&blob);
-        self.store.set_registry_index(&RegistryIndexRow {
-            manifest_digest: digest.to_string(),
-            blob_digest: layer.digest.to_string(),
-            blob_size: blob.len() as u64,
-            db_version: summary.as_ref().map(|s| s.db_version.clone()),
-            in_buildcache: summary
-                .map(|s| s.in_buildcache.into_iter().collect())
-                .unwrap_or_default(),
-        })?;
+        self.store.set_registry_index(
+            &name,
+            &RegistryIndexRow {
+                manifest_digest: digest.to_string(),
+                blob_digest: layer.digest.to_string(),
+                blob_size: blob.len() as u64,
+                db_version: summary.as_ref().map(|s| s.db_version.clone()),
+                in_buildcache: summary
+                    .map(|s| s.in_buildcache.into_iter().collect())
+                    .unwrap_or_default(),
+            },
+        )?;
         Ok(Some(blob))
     }
 
-    /// Publishes the index of the installable specs: the registry's own blob when it lists
-    /// exactly them, otherwise a synthesized one. Old index blobs beyond the previous are removed.
+    /// Publishes the index of the installable specs: the registry's own blob when the mirror
+    /// has a single source whose index lists exactly them, otherwise a synthesized one. Old
+    /// index blobs beyond the previous are removed.
     async fn publish_index(
         &mut self,
-        has_index: bool,
         installable: &BTreeSet<String>,
         jsons: &[&str],
     ) -> Result<(), Fatal> {
-        let fetched = if has_index {
-            self.refresh_registry_index().await?
-        } else {
-            None
+        let single = (self.sources.len() == 1
+            && self.sources[0].error.is_none()
+            && self.sources[0].has_index)
+            .then_some(0);
+        let fetched = match single {
+            Some(src) => self.refresh_registry_index(src).await?,
+            None => None,
         };
-        let registry_index = if has_index {
-            self.store.registry_index()?.and_then(|r| {
+        let registry_index = if let Some(src) = single {
+            let name = self.sources[src].config.name.clone();
+            self.store.registry_index(&name)?.and_then(|r| {
                 Some(RegistryIndex {
                     blob: r.blob_digest.parse().ok()?,
                     size: r.blob_size,
@@ -920,7 +1076,8 @@ impl Run<'_> {
                         Some(b)
                     } else {
                         Some(
-                            self.registry
+                            self.sources[0]
+                                .registry
                                 .fetch_small_blob(&blob, MAX_INDEX_BYTES)
                                 .await?,
                         )
@@ -1013,7 +1170,11 @@ impl From<mirror::Error> for ItemError {
     }
 }
 
-async fn fetch_spec(registry: &RegistryClient, tag: &Tag) -> Result<Fetched, ItemError> {
+async fn fetch_spec(
+    registry: &RegistryClient,
+    source: usize,
+    tag: &Tag,
+) -> Result<Fetched, ItemError> {
     let (manifest, manifest_digest) = registry.fetch_manifest(tag.as_str()).await?;
     let image = spack::parse_image_manifest(&manifest)?;
     if image.config.size > MAX_CONFIG_BYTES {
@@ -1030,6 +1191,7 @@ async fn fetch_spec(registry: &RegistryClient, tag: &Tag) -> Result<Fetched, Ite
         ConfigVerdict::Spec(spec) => {
             spack::check_spec_image(tag, &image, &spec)?;
             Ok(Fetched::Spec(Box::new(Candidate {
+                source,
                 tag: tag.clone(),
                 manifest_digest,
                 image,

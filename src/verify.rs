@@ -384,6 +384,7 @@ mod tests {
             spec_digest: Digest::of(spec_bytes).to_string(),
             spec_json: "{}".to_owned(),
             requires: Vec::new(),
+            source: "main".to_owned(),
         };
         Fixture {
             files,

@@ -7,6 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_partials.sql"),
+    include_str!("../../migrations/0003_sources.sql"),
 ];
 
 /// The schema version this build writes.
