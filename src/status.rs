@@ -39,10 +39,28 @@ pub struct LastRun {
     pub bytes_fetched: u64,
     pub error: Option<String>,
     pub problems: Vec<ProblemItem>,
+    /// Each source's part of the run, and the specs it has published in the mirror.
+    pub sources: Vec<SourceItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceItem {
+    pub name: String,
+    pub url: String,
+    pub specs_total: u64,
+    pub specs_fetched: u64,
+    pub specs_failed: u64,
+    pub specs_skipped: u64,
+    pub blobs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub error: Option<String>,
+    /// Specs of this source in the mirror (from any run).
+    pub specs_published: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProblemItem {
+    pub source: String,
     pub tag: String,
     pub kind: String,
     pub message: String,
@@ -70,6 +88,7 @@ impl StatusReport {
             });
         };
         let (specs, bytes) = store.mirror_totals()?;
+        let published = store.specs_per_source()?;
         let last_run = match store.last_run(lock::process_alive)? {
             Some(r) => Some(LastRun {
                 id: r.id,
@@ -90,9 +109,29 @@ impl StatusReport {
                     .problems(r.id)?
                     .into_iter()
                     .map(|p| ProblemItem {
+                        source: p.source,
                         tag: p.tag,
                         kind: p.kind,
                         message: p.message,
+                    })
+                    .collect(),
+                sources: store
+                    .run_sources(r.id)?
+                    .into_iter()
+                    .map(|s| SourceItem {
+                        specs_published: published
+                            .iter()
+                            .find(|(name, _)| *name == s.source)
+                            .map_or(0, |(_, n)| *n),
+                        name: s.source,
+                        url: s.url,
+                        specs_total: s.counts.specs_total,
+                        specs_fetched: s.counts.specs_fetched,
+                        specs_failed: s.counts.specs_failed,
+                        specs_skipped: s.counts.specs_skipped,
+                        blobs_fetched: s.counts.blobs_fetched,
+                        bytes_fetched: s.counts.bytes_fetched,
+                        error: s.error,
                     })
                     .collect(),
             }),
@@ -163,8 +202,26 @@ impl fmt::Display for StatusReport {
         if let Some(e) = &r.error {
             writeln!(f, "error     {e}")?;
         }
+        if r.sources.len() > 1 || r.sources.iter().any(|s| s.error.is_some()) {
+            for s in &r.sources {
+                let state = s
+                    .error
+                    .as_deref()
+                    .map_or_else(|| "ok".to_owned(), |e| format!("FAILED: {e}"));
+                writeln!(
+                    f,
+                    "source    {} ({}): {} listed, {} fetched, {} failed; {} in the mirror; {state}",
+                    s.name,
+                    s.url,
+                    s.specs_total,
+                    s.specs_fetched,
+                    s.specs_failed,
+                    s.specs_published
+                )?;
+            }
+        }
         for p in r.problems.iter().take(20) {
-            writeln!(f, "{:<9} {}: {}", p.kind, p.tag, p.message)?;
+            writeln!(f, "{:<9} {} {}: {}", p.kind, p.source, p.tag, p.message)?;
         }
         if r.problems.len() > 20 {
             writeln!(

@@ -634,6 +634,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Notes that a source's tag names a spec (published through another source).
+    pub fn record_tag_spec(
+        &self,
+        run_id: i64,
+        source: &str,
+        tag: &str,
+        manifest_digest: &str,
+        spec_hash: &str,
+    ) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO source_tags (source, tag, kind, manifest_digest, spec_hash, first_seen_run,
+                                      last_seen_run)
+             VALUES (?1, ?2, 'spec', ?3, ?4, ?5, ?5)
+             ON CONFLICT(source, tag) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+                spec_hash = excluded.spec_hash, last_seen_run = excluded.last_seen_run",
+            params![source, tag, manifest_digest, spec_hash, run_id],
+        )?;
+        Ok(())
+    }
+
     pub fn registry_index(&self, source: &str) -> Result<Option<RegistryIndexRow>, Error> {
         Ok(self
             .conn

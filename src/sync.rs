@@ -404,6 +404,29 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The same spec listed by several sources is published once, from the first source; the
+    /// other sources' tags are recorded as naming it, so they cost no request next time.
+    fn one_per_spec(&mut self, candidates: Vec<Candidate>) -> Result<Vec<Candidate>, Fatal> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for c in candidates {
+            if seen.insert(c.spec.hash.clone()) {
+                out.push(c);
+            } else {
+                let source = &self.sources[c.source].config.name;
+                self.store.record_tag_spec(
+                    self.run_id,
+                    source,
+                    c.tag.as_str(),
+                    c.manifest_digest.as_str(),
+                    &c.spec.hash,
+                )?;
+                tracing::debug!(source = %source, tag = %c.tag, "spec also listed by another source");
+            }
+        }
+        Ok(out)
+    }
+
     /// The reasons of the sources that could not be read, on one line.
     fn source_errors(&self) -> Option<String> {
         let errors: Vec<String> = self
@@ -434,10 +457,19 @@ impl Run<'_> {
         }
         registry.authenticate().await?;
         let remote = registry.list_tags().await?;
-        let intact_tags: HashSet<String> = intact
-            .iter()
-            .filter(|s| s.source == name)
-            .map(|s| s.tag.clone())
+        // A known tag costs no request when the spec it names is intact in the mirror,
+        // whichever source published it.
+        let intact_hashes: HashSet<&str> = intact.iter().map(|s| s.hash.as_str()).collect();
+        let intact_tags: HashSet<String> = self
+            .store
+            .known_tags(&name)?
+            .into_iter()
+            .filter(|(_, k)| {
+                k.spec_hash
+                    .as_deref()
+                    .is_some_and(|h| intact_hashes.contains(h))
+            })
+            .map(|(tag, _)| tag)
             .collect();
         let mut plan = self.plan(src, &remote, &intact_tags, full)?;
         self.sources[src].has_index = plan.has_index;
@@ -506,6 +538,7 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
+        let candidates = self.one_per_spec(candidates)?;
         let kept_json = intact_specs
             .iter()
             .map(|s| s.spec_json.len() as u64)
