@@ -37,6 +37,18 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     )
 }
 
+/// An error and its causes on one line: `error: cause: cause` (for the ledger and logs).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 /// Exit codes (README.md lists them).
 pub mod exit {
     pub const OK: u8 = 0;

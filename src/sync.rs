@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+pub use crate::error::error_chain;
 use crate::lock::{self, RunLock};
 use crate::mirror::{self, Mirror};
 use crate::model::{Digest, Tag};
@@ -142,18 +143,6 @@ fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = c.source();
     }
     false
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 fn now() -> i64 {

@@ -187,18 +187,6 @@ pub fn build_report<S: BuildHasher>(
     report
 }
 
-/// `error: cause: cause` on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 struct Checker<'a, S> {
     files: &'a HashMap<String, FileRow, S>,
     seen: &'a Observations,
@@ -219,7 +207,7 @@ impl<S: BuildHasher> Checker<'_, S> {
         let records = match spack::parse_v3_manifest(bytes) {
             Ok(r) => r,
             Err(e) => {
-                problem(chain(&e));
+                problem(crate::error::error_chain(&e));
                 return None;
             }
         };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::front::{FrontOptions, GhcrFront};
 use crate::support::mirrord::{
-    Env, check_consistent, check_mirror, files_under, push_generated, text,
+    Env, check_consistent, check_mirror, files_under, poll_pause, push_generated, text,
 };
 use crate::support::registry::TestRegistry;
 
@@ -21,20 +21,6 @@ fn published_tarballs(env: &Env) -> usize {
                 > 100_000
         })
         .count()
-}
-
-fn staged_bytes(env: &Env) -> u64 {
-    let dir = env.state().join("tmp");
-    files_under(&dir)
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn pause() {
-    let (_tx, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(Duration::from_millis(20));
 }
 
 /// A moment of the sync to kill it at, and how to see it was reached.
@@ -63,11 +49,11 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
     let points: [Point; 3] = [
         (
             "mid-download",
-            Box::new(|e: &Env| staged_bytes(e) > 300_000),
+            Box::new(|e: &Env| e.staged_bytes() > 300_000),
         ),
         (
             "one published",
-            Box::new(|e: &Env| published_tarballs(e) >= 1 && staged_bytes(e) > 300_000),
+            Box::new(|e: &Env| published_tarballs(e) >= 1 && e.staged_bytes() > 300_000),
         ),
         (
             "two published",
@@ -101,7 +87,7 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
                 start.elapsed() < Duration::from_secs(30),
                 "never reached {name}"
             );
-            pause();
+            poll_pause();
         }
         child.kill().unwrap();
         child.wait().unwrap();

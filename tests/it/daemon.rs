@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::front::{FrontOptions, GhcrFront};
-use crate::support::mirrord::{Env, files_under, push_generated, run_binary, text};
+use crate::support::mirrord::{Env, files_under, poll_pause, push_generated, run_binary, text};
 use crate::support::registry::TestRegistry;
 
 /// A running `spack-mirrord daemon`, killed on drop; its output goes to a file.
@@ -81,13 +81,6 @@ impl Drop for Daemon {
             }
         }
     }
-}
-
-/// The pause between two looks at a condition that another process makes true.
-fn poll_pause() {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(Duration::from_millis(50));
-    drop(tx);
 }
 
 /// Waits until `cond` holds, failing with `what` after `limit`.
@@ -258,23 +251,13 @@ fn slow_source(repo: &str, seed: u64) -> (GhcrFront, String) {
     (front, url)
 }
 
-/// Bytes in the staging directory (downloads in progress or kept for resuming).
-fn staged_bytes(env: &Env) -> u64 {
-    let dir = env.state().join("tmp");
-    files_under(&dir)
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 #[test]
 fn sigterm_during_a_download_exits_0_quickly_and_the_next_sync_resumes_it() {
     let (front, url) = slow_source("daemon/slow-term", 605);
     let env = env_with(&url, "0 0 0 1 1 *", true);
     let mut d = Daemon::start(&env, &[]);
     wait_until(Duration::from_secs(20), "a download in progress", || {
-        staged_bytes(&env) > 256 << 10
+        env.staged_bytes() > 256 << 10
     });
     // status reads the run in progress, without waiting for it.
     let run = last_run(&env);
@@ -313,7 +296,7 @@ fn sigterm_during_a_download_exits_0_quickly_and_the_next_sync_resumes_it() {
             .any(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-")),
         "the download did not resume: {ranges:?}"
     );
-    assert_eq!(staged_bytes(&env), 0);
+    assert_eq!(env.staged_bytes(), 0);
     assert_eq!(specs(&env), 1);
 }
 
@@ -323,7 +306,7 @@ fn sync_now_waits_for_a_daemon_run_and_no_wait_fails_fast() {
     let env = env_with(&url, "0 0 0 1 1 *", true);
     let mut d = Daemon::start(&env, &[]);
     wait_until(Duration::from_secs(20), "a download in progress", || {
-        staged_bytes(&env) > 0
+        env.staged_bytes() > 0
     });
     let out = env.run(&["sync", "--now", "--no-wait"]);
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));

@@ -108,6 +108,16 @@ impl Env {
         )
     }
 
+    /// Bytes in the staging directory (downloads in progress or kept for resuming).
+    pub fn staged_bytes(&self) -> u64 {
+        let dir = self.state().join("tmp");
+        files_under(&dir)
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.run(&["status", "--json"]);
         assert!(out.status.success(), "status failed: {}", text(&out));
@@ -337,4 +347,11 @@ pub fn check_consistent(root: &Path) {
             }
         }
     }
+}
+
+/// The pause between two looks at a condition that another process makes true (tests poll
+/// with a deadline; they never sleep to synchronise).
+pub fn poll_pause() {
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let _ = rx.recv_timeout(std::time::Duration::from_millis(50));
 }
