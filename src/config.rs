@@ -47,6 +47,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Docker(#[from] crate::credentials::Error),
 }
 
 /// The file as written. Every section and key is optional except `source.url`.
@@ -66,6 +68,8 @@ pub struct FileSource {
     pub url: Option<String>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM file of a private CA trusted in addition to the system's (`oci://` only).
+    pub ca_file: Option<PathBuf>,
     pub max_attempts: i64,
     pub request_timeout: String,
     pub stall_timeout: String,
@@ -78,6 +82,7 @@ impl Default for FileSource {
             url: None,
             username: None,
             password_file: None,
+            ca_file: None,
             max_attempts: 5,
             request_timeout: "60s".to_owned(),
             stall_timeout: "30s".to_owned(),
@@ -155,6 +160,10 @@ impl Default for FileLog {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -196,6 +205,8 @@ pub struct Network {
     pub stall_timeout: Duration,
     /// Requests per second to the registry, at most (`None`: no limit).
     pub max_requests_per_second: Option<f64>,
+    /// `source.ca_file`, read and checked by `load`.
+    pub ca_pem: Option<crate::tls::CaPem>,
 }
 
 impl Default for Network {
@@ -205,6 +216,7 @@ impl Default for Network {
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
             max_requests_per_second: None,
+            ca_pem: None,
         }
     }
 }
@@ -232,6 +244,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Ambient {
     pub github_token: Option<Secret>,
+    /// Credentials from Docker's `config.json`, by registry `host[:port]` (`credentials`).
+    pub docker: std::collections::BTreeMap<String, crate::credentials::Found>,
 }
 
 /// Reads the file and the environment and validates the result.
@@ -274,7 +288,63 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         }
         None => None,
     };
-    validate(path, file, password, &Ambient { github_token })
+    let docker = docker_credentials(&file, github_token.is_some())?;
+    let ca_pem = match &file.source.ca_file {
+        Some(p) => Some(read_ca(path, &resolve(path, p))?),
+        None => None,
+    };
+    let mut config = validate(
+        path,
+        file,
+        password,
+        &Ambient {
+            github_token,
+            docker,
+        },
+    )?;
+    config.network.ca_pem = ca_pem;
+    Ok(config)
+}
+
+/// Docker's credentials for the source registry, looked up only when nothing earlier in the
+/// order applies (so no credential helper runs needlessly).
+fn docker_credentials(
+    file: &FileConfig,
+    have_github_token: bool,
+) -> Result<std::collections::BTreeMap<String, crate::credentials::Found>, Error> {
+    let mut found = std::collections::BTreeMap::new();
+    let Some(repo) = file
+        .source
+        .url
+        .as_deref()
+        .and_then(|u| u.parse::<RepoRef>().ok())
+    else {
+        return Ok(found);
+    };
+    let explicit = file.source.username.is_some() || file.source.password_file.is_some();
+    if explicit || (have_github_token && repo.registry == "ghcr.io") {
+        return Ok(found);
+    }
+    if let Some(f) = crate::credentials::discover(&repo.registry)? {
+        found.insert(repo.registry, f);
+    }
+    Ok(found)
+}
+
+/// Reads and checks `source.ca_file`.
+fn read_ca(path: &Path, ca: &Path) -> Result<crate::tls::CaPem, Error> {
+    let key_err = |reason: String| Error::Key {
+        path: path.to_owned(),
+        key: "source.ca_file",
+        reason,
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        key_err(format!(
+            "names {}, which cannot be read ({e}); fix the path or remove the key",
+            ca.display()
+        ))
+    })?;
+    crate::tls::CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
 }
 
 fn strip_one_newline(mut s: String) -> String {
@@ -343,11 +413,16 @@ pub fn validate(
                 "is missing; source.username needs a password file".to_owned(),
             ));
         }
-        (None, None) => match &ambient.github_token {
-            Some(token) if source.registry == "ghcr.io" => Credentials::Basic {
+        (None, None) => match (&ambient.github_token, ambient.docker.get(&source.registry)) {
+            (Some(token), _) if source.registry == "ghcr.io" => Credentials::Basic {
                 username: "token".to_owned(),
                 password: token.clone(),
                 origin: "GITHUB_TOKEN".to_owned(),
+            },
+            (_, Some(found)) => Credentials::Basic {
+                username: found.username.clone(),
+                password: found.password.clone(),
+                origin: found.origin.clone(),
             },
             _ => Credentials::Anonymous,
         },
@@ -411,6 +486,8 @@ pub fn validate(
                 ));
             }
         },
+        // Read by `load` (validate does no I/O).
+        ca_pem: None,
     };
     let run_timeout = duration("sync.run_timeout", &file.sync.run_timeout, false)?;
     let log_format = match file.log.format.as_str() {
@@ -478,6 +555,8 @@ pub struct Effective {
 pub struct EffectiveSource {
     pub url: String,
     pub credentials: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub max_attempts: u32,
     pub request_timeout: String,
     pub stall_timeout: String,
@@ -503,6 +582,7 @@ impl Config {
                         username, origin, ..
                     } => format!("user {username}, password from {origin} (redacted)"),
                 },
+                ca_file: self.network.ca_pem.as_ref().map(|c| c.path.clone()),
                 max_attempts: self.network.max_attempts,
                 request_timeout: humantime::format_duration(self.network.request_timeout)
                     .to_string(),
@@ -658,6 +738,7 @@ mod tests {
     fn github_token_is_used_for_ghcr_only_and_never_shown() {
         let ambient = Ambient {
             github_token: Some(Secret("ghp_secret".to_owned())),
+            ..Ambient::default()
         };
         let p = Path::new("/c.toml");
         let c = validate(p, file("oci://ghcr.io/a/b"), None, &ambient).unwrap();
@@ -665,6 +746,45 @@ mod tests {
         let shown = format!("{c:?} {:?}", c.effective());
         assert!(!shown.contains("ghp_secret"), "{shown}");
         let c = validate(p, file("oci://quay.io/a/b"), None, &ambient).unwrap();
+        assert_eq!(c.credentials, Credentials::Anonymous);
+    }
+
+    #[test]
+    fn docker_credentials_come_after_the_config_and_github_token() {
+        let found = crate::credentials::Found {
+            username: "dockeruser".to_owned(),
+            password: Secret("docker_secret".to_owned()),
+            origin: "docker config /h/.docker/config.json (auths)".to_owned(),
+        };
+        let ambient = Ambient {
+            github_token: Some(Secret("ghp_secret".to_owned())),
+            docker: [
+                ("ghcr.io".to_owned(), found.clone()),
+                ("quay.io".to_owned(), found),
+            ]
+            .into(),
+        };
+        let p = Path::new("/c.toml");
+        let c = validate(p, file("oci://quay.io/a/b"), None, &ambient).unwrap();
+        let shown = c.effective().source.credentials;
+        assert_eq!(
+            shown,
+            "user dockeruser, password from docker config /h/.docker/config.json (auths) (redacted)"
+        );
+        assert!(!format!("{c:?}").contains("docker_secret"));
+        let c = validate(p, file("oci://ghcr.io/a/b"), None, &ambient).unwrap();
+        assert!(c.effective().source.credentials.contains("GITHUB_TOKEN"));
+        let mut f = file("oci://quay.io/a/b");
+        f.source.username = Some("me".to_owned());
+        let pw = Some((PathBuf::from("/pw"), "s".to_owned()));
+        let c = validate(p, f, pw, &ambient).unwrap();
+        assert!(
+            c.effective()
+                .source
+                .credentials
+                .contains("source.password_file")
+        );
+        let c = validate(p, file("oci://other.example/a/b"), None, &ambient).unwrap();
         assert_eq!(c.credentials, Credentials::Anonymous);
     }
 

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod demo;
 pub mod error;
@@ -21,4 +22,5 @@ pub mod spack;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod verify;

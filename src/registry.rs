@@ -39,7 +39,8 @@ pub enum Error {
         source: reqwest::Error,
     },
     #[error(
-        "registry {registry} refused the credentials ({origin}): {reason}; check source.username and source.password_file, or remove them for anonymous access"
+        "registry {registry} refused the credentials ({origin}): {reason}; {}",
+        auth_remedy(origin)
     )]
     Auth {
         registry: String,
@@ -75,6 +76,20 @@ pub enum Error {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
+}
+
+/// What to do about refused credentials, by where they came from (`config::load`'s order).
+fn auth_remedy(origin: &str) -> &'static str {
+    if origin.starts_with("GITHUB_TOKEN") {
+        "check GITHUB_TOKEN (it needs read:packages), or unset it for anonymous access"
+    } else if origin.starts_with("docker") {
+        "run `docker login` for this registry again or remove its entry from that docker config, \
+         or set source.username and source.password_file (they take precedence)"
+    } else if origin == "anonymous" {
+        "set source.username and source.password_file, GITHUB_TOKEN (ghcr.io), or `docker login`"
+    } else {
+        "check source.username and source.password_file, or remove them for anonymous access"
+    }
 }
 
 impl Error {
@@ -235,12 +250,36 @@ impl RegistryClient {
             Scheme::Https => ClientProtocol::Https,
             Scheme::Http => ClientProtocol::HttpsExcept(vec![repo.registry.clone()]),
         };
-        let oci = oci_client::Client::new(ClientConfig {
+        if let Some(warning) = crate::tls::plain_http_warning(repo) {
+            tracing::warn!("{warning}");
+        }
+        let extra_roots = network
+            .ca_pem
+            .iter()
+            .map(|ca| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: ca.pem.clone(),
+            })
+            .collect();
+        // `try_from`, not `new`: `new` falls back to a default client (without the CA) on error.
+        let oci = oci_client::Client::try_from(ClientConfig {
             protocol,
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(60)),
+            extra_root_certificates: extra_roots,
             ..ClientConfig::default()
-        });
+        })
+        .map_err(|source| Error::Oci {
+            registry: repo.registry.clone(),
+            source,
+        })?;
+        let ca_certs = match &network.ca_pem {
+            Some(ca) => ca.certificates().map_err(|source| Error::Connect {
+                url: repo.base_url(),
+                source,
+            })?,
+            None => Vec::new(),
+        };
         let (auth, auth_origin) = match credentials {
             Credentials::Anonymous => (RegistryAuth::Anonymous, "anonymous".to_owned()),
             Credentials::Basic {
@@ -256,6 +295,7 @@ impl RegistryClient {
             .user_agent(concat!("spack-mirrord/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60))
+            .tls_certs_merge(ca_certs)
             .build()
             .map_err(|source| Error::Connect {
                 url: repo.base_url(),
