@@ -32,7 +32,10 @@ const MAX_TAG_PAGES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach registry at {url}")]
+    #[error(
+        "cannot reach registry at {url}{}",
+        crate::tls::certificate_hint(source)
+    )]
     Connect {
         url: String,
         #[source]
@@ -104,7 +107,9 @@ impl Error {
     /// Whether trying again may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Stalled { .. } => true,
+            // An untrusted certificate stays untrusted.
+            Self::Connect { source, .. } => !crate::tls::is_certificate_error(source),
+            Self::Timeout { .. } | Self::Stalled { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -402,6 +407,16 @@ impl RegistryClient {
                 tracing::debug!(url, "token refused; renewing");
                 self.authenticate().await?;
                 continue;
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                // Refused with fresh credentials: a Basic-auth registry (no token flow to fail
+                // earlier) or a token without access. Either way the credentials are at fault.
+                let reason = self.status_error(url, resp).await.to_string();
+                return Err(Error::Auth {
+                    registry: self.repo.registry.clone(),
+                    origin: self.auth_origin.clone(),
+                    reason,
+                });
             }
             if status == StatusCode::FORBIDDEN
                 && !anonymous_tried

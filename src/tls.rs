@@ -57,6 +57,29 @@ pub fn plain_http_warning(repo: &RepoRef) -> Option<String> {
     })
 }
 
+/// Whether `err` (or a cause of it) is a refused server certificate.
+pub fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("unknownissuer") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// What to add to a connection error whose cause is a refused certificate.
+pub fn certificate_hint(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    if is_certificate_error(err) {
+        " (its TLS certificate is not trusted: if a private CA signed it, set source.ca_file to \
+         that CA's PEM file)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

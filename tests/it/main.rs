@@ -7,6 +7,7 @@
 //! The single integration-test binary: one shared `docker-registry` serves every test, each
 //! in its own repository.
 
+mod auth;
 mod cli;
 mod crash;
 mod daemon;
@@ -15,4 +16,5 @@ mod faults;
 mod harness_selftest;
 mod support;
 mod sync;
+mod tls;
 mod verify;
