@@ -254,7 +254,15 @@ pub fn discover(registry: &str) -> Result<Option<Found>, Error> {
             name,
             via,
             fallback,
-        } => Ok(run_helper(&name, via, &path, registry, HELPER_TIMEOUT)?.or(fallback)),
+        } => {
+            // Docker stores Docker Hub under its v1 URL, everything else under host[:port].
+            let server = if normalise(registry) == "index.docker.io" {
+                "https://index.docker.io/v1/"
+            } else {
+                registry
+            };
+            Ok(run_helper(&name, via, &path, server, HELPER_TIMEOUT)?.or(fallback))
+        }
     }
 }
 

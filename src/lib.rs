@@ -2,7 +2,8 @@
 //! mirror. See ARCHITECTURE.md for the module map, one sync step by step, and the invariants.
 //!
 //! Pure core: `model`, `spack`, `plan`, `verify`, `demo`. Edges, one owner each: `registry` (HTTP),
-//! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment).
+//! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment),
+//! `credentials` (Docker's config and credential helpers).
 //! `sync` applies plans; `commands` is the only module that prints.
 
 pub mod cli;
