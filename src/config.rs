@@ -47,6 +47,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Docker(#[from] crate::credentials::Error),
 }
 
 /// The file as written. Every section and key is optional except `source.url`.
@@ -73,6 +75,8 @@ pub struct FileSource {
     pub layout: String,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM file of a private CA trusted in addition to the system's (`oci://` only).
+    pub ca_file: Option<PathBuf>,
     pub max_attempts: i64,
     pub request_timeout: String,
     pub stall_timeout: String,
@@ -87,6 +91,7 @@ impl Default for FileSource {
             layout: "spack-oci".to_owned(),
             username: None,
             password_file: None,
+            ca_file: None,
             max_attempts: 5,
             request_timeout: "60s".to_owned(),
             stall_timeout: "30s".to_owned(),
@@ -164,6 +169,10 @@ impl Default for FileLog {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -205,6 +214,8 @@ pub struct Network {
     pub stall_timeout: Duration,
     /// Requests per second to the registry, at most (`None`: no limit).
     pub max_requests_per_second: Option<f64>,
+    /// `source.ca_file`, read and checked by `load`.
+    pub ca_pem: Option<crate::tls::CaPem>,
 }
 
 impl Default for Network {
@@ -214,6 +225,7 @@ impl Default for Network {
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
             max_requests_per_second: None,
+            ca_pem: None,
         }
     }
 }
@@ -261,6 +273,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Ambient {
     pub github_token: Option<Secret>,
+    /// Credentials from Docker's `config.json`, by registry `host[:port]` (`credentials`).
+    pub docker: std::collections::BTreeMap<String, crate::credentials::Found>,
 }
 
 /// Reads the file and the environment and validates the result.
@@ -292,6 +306,8 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         .filter(|t| !t.is_empty())
         .map(Secret);
     let mut passwords = Vec::new();
+    let mut cas = Vec::new();
+    let mut docker = std::collections::BTreeMap::new();
     for entry in file.source.iter().chain(&file.sources) {
         passwords.push(match &entry.password_file {
             Some(p) => {
@@ -305,8 +321,64 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             }
             None => None,
         });
+        cas.push(match &entry.ca_file {
+            Some(p) => Some(read_ca(path, &resolve(path, p))?),
+            None => None,
+        });
+        docker_credentials(entry, github_token.is_some(), &mut docker)?;
     }
-    validate(path, file, passwords, &Ambient { github_token })
+    let mut config = validate(
+        path,
+        file,
+        passwords,
+        &Ambient {
+            github_token,
+            docker,
+        },
+    )?;
+    for (source, ca) in config.sources.iter_mut().zip(cas) {
+        source.network.ca_pem = ca;
+    }
+    Ok(config)
+}
+
+/// Docker's credentials for a source's registry, looked up only when nothing earlier in the
+/// order applies (so no credential helper runs needlessly).
+fn docker_credentials(
+    entry: &FileSource,
+    have_github_token: bool,
+    found: &mut std::collections::BTreeMap<String, crate::credentials::Found>,
+) -> Result<(), Error> {
+    let Some(repo) = entry.url.as_deref().and_then(|u| u.parse::<RepoRef>().ok()) else {
+        return Ok(());
+    };
+    let explicit = entry.username.is_some() || entry.password_file.is_some();
+    if explicit
+        || (have_github_token && repo.registry == "ghcr.io")
+        || found.contains_key(&repo.registry)
+    {
+        return Ok(());
+    }
+    if let Some(f) = crate::credentials::discover(&repo.registry)? {
+        found.insert(repo.registry, f);
+    }
+    Ok(())
+}
+
+/// Reads and checks a source's `ca_file`.
+fn read_ca(path: &Path, ca: &Path) -> Result<crate::tls::CaPem, Error> {
+    let key_err = |reason: String| Error::Key {
+        path: path.to_owned(),
+        key: "source.ca_file".to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        key_err(format!(
+            "names {}, which cannot be read ({e}); fix the path or remove the key",
+            ca.display()
+        ))
+    })?;
+    crate::tls::CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
 }
 
 fn strip_one_newline(mut s: String) -> String {
@@ -466,6 +538,55 @@ fn parse_duration(path: &Path, key: &str, text: &str, zero_ok: bool) -> Result<D
         })
 }
 
+/// Who the source's registry is asked as, in the documented order: `username` with
+/// `password_file`, then `GITHUB_TOKEN` (ghcr.io only), then Docker's config, then anonymous.
+fn credentials(
+    path: &Path,
+    key: &str,
+    repo: &RepoRef,
+    username: Option<String>,
+    password: Option<(PathBuf, String)>,
+    ambient: &Ambient,
+) -> Result<Credentials, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    Ok(match (username, password) {
+        (Some(username), Some((file, password))) => Credentials::Basic {
+            username,
+            password: Secret(password),
+            origin: format!("{key}.password_file {}", file.display()),
+        },
+        (None, Some(_)) => {
+            return Err(key_err(
+                "username",
+                format!("is missing; {key}.password_file needs a user name"),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(key_err(
+                "password_file",
+                format!("is missing; {key}.username needs a password file"),
+            ));
+        }
+        (None, None) => match (&ambient.github_token, ambient.docker.get(&repo.registry)) {
+            (Some(token), _) if repo.registry == "ghcr.io" => Credentials::Basic {
+                username: "token".to_owned(),
+                password: token.clone(),
+                origin: "GITHUB_TOKEN".to_owned(),
+            },
+            (_, Some(found)) => Credentials::Basic {
+                username: found.username.clone(),
+                password: found.password.clone(),
+                origin: found.origin.clone(),
+            },
+            _ => Credentials::Anonymous,
+        },
+    })
+}
+
 /// One `[source]` or `[[sources]]` entry; `key` is how errors name it (`source`, `sources[1]`).
 fn validate_source(
     path: &Path,
@@ -510,33 +631,7 @@ fn validate_source(
             format!("{name:?} must be 1 to 128 of [A-Za-z0-9._/-]"),
         ));
     }
-    let credentials = match (entry.username, password) {
-        (Some(username), Some((file, password))) => Credentials::Basic {
-            username,
-            password: Secret(password),
-            origin: format!("{key}.password_file {}", file.display()),
-        },
-        (None, Some(_)) => {
-            return Err(key_err(
-                "username",
-                format!("is missing; {key}.password_file needs a user name"),
-            ));
-        }
-        (Some(_), None) => {
-            return Err(key_err(
-                "password_file",
-                format!("is missing; {key}.username needs a password file"),
-            ));
-        }
-        (None, None) => match &ambient.github_token {
-            Some(token) if repo.registry == "ghcr.io" => Credentials::Basic {
-                username: "token".to_owned(),
-                password: token.clone(),
-                origin: "GITHUB_TOKEN".to_owned(),
-            },
-            _ => Credentials::Anonymous,
-        },
-    };
+    let credentials = credentials(path, key, &repo, entry.username, password, ambient)?;
     let duration =
         |field: &str, text: &str| parse_duration(path, &format!("{key}.{field}"), text, false);
     let network = Network {
@@ -561,10 +656,9 @@ fn validate_source(
                 ));
             }
         },
+        // Read by `load` (validate does no I/O).
+        ca_pem: None,
     };
-    if repo.scheme == crate::model::Scheme::Http && !repo.is_loopback() {
-        tracing::warn!(source = %name, url = %repo, "plain HTTP to a registry that is not on this machine: traffic and credentials are not encrypted");
-    }
     Ok(Source {
         name,
         repo,
@@ -590,6 +684,8 @@ pub struct EffectiveSource {
     pub url: String,
     pub layout: Layout,
     pub credentials: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub max_attempts: u32,
     pub request_timeout: String,
     pub stall_timeout: String,
@@ -620,6 +716,7 @@ impl Config {
                             username, origin, ..
                         } => format!("user {username}, password from {origin} (redacted)"),
                     },
+                    ca_file: s.network.ca_pem.as_ref().map(|c| c.path.clone()),
                     max_attempts: s.network.max_attempts,
                     request_timeout: humantime::format_duration(s.network.request_timeout)
                         .to_string(),
@@ -801,6 +898,7 @@ mod tests {
     fn github_token_is_used_for_ghcr_only_and_never_shown() {
         let ambient = Ambient {
             github_token: Some(Secret("ghp_secret".to_owned())),
+            ..Ambient::default()
         };
         let p = Path::new("/c.toml");
         let c = validate(p, file("oci://ghcr.io/a/b"), Vec::new(), &ambient).unwrap();
@@ -811,6 +909,48 @@ mod tests {
         let shown = format!("{c:?} {:?}", c.effective());
         assert!(!shown.contains("ghp_secret"), "{shown}");
         let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
+        assert_eq!(c.sources[0].credentials, Credentials::Anonymous);
+    }
+
+    #[test]
+    fn docker_credentials_come_after_the_config_and_github_token() {
+        let found = crate::credentials::Found {
+            username: "dockeruser".to_owned(),
+            password: Secret("docker_secret".to_owned()),
+            origin: "docker config /h/.docker/config.json (auths)".to_owned(),
+        };
+        let ambient = Ambient {
+            github_token: Some(Secret("ghp_secret".to_owned())),
+            docker: [
+                ("ghcr.io".to_owned(), found.clone()),
+                ("quay.io".to_owned(), found),
+            ]
+            .into(),
+        };
+        let p = Path::new("/c.toml");
+        let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
+        let shown = c.effective().sources[0].credentials.clone();
+        assert_eq!(
+            shown,
+            "user dockeruser, password from docker config /h/.docker/config.json (auths) (redacted)"
+        );
+        assert!(!format!("{c:?}").contains("docker_secret"));
+        let c = validate(p, file("oci://ghcr.io/a/b"), Vec::new(), &ambient).unwrap();
+        assert!(
+            c.effective().sources[0]
+                .credentials
+                .contains("GITHUB_TOKEN")
+        );
+        let mut f = file("oci://quay.io/a/b");
+        src(&mut f).username = Some("me".to_owned());
+        let pw = vec![Some((PathBuf::from("/pw"), "s".to_owned()))];
+        let c = validate(p, f, pw, &ambient).unwrap();
+        assert!(
+            c.effective().sources[0]
+                .credentials
+                .contains("source.password_file")
+        );
+        let c = validate(p, file("oci://other.example/a/b"), Vec::new(), &ambient).unwrap();
         assert_eq!(c.sources[0].credentials, Credentials::Anonymous);
     }
 

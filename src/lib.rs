@@ -2,12 +2,14 @@
 //! mirror. See ARCHITECTURE.md for the module map, one sync step by step, and the invariants.
 //!
 //! Pure core: `model`, `spack`, `plan`, `verify`, `demo`. Edges, one owner each: `registry` (HTTP),
-//! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment).
+//! `store` (SQL), `mirror` (writes under the mirror root), `config` (file and environment),
+//! `credentials` (Docker's config and credential helpers).
 //! `sync` applies plans; `commands` is the only module that prints.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod demo;
 pub mod error;
@@ -21,4 +23,5 @@ pub mod spack;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod verify;

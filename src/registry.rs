@@ -32,14 +32,18 @@ const MAX_TAG_PAGES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach registry at {url}")]
+    #[error(
+        "cannot reach registry at {url}{}",
+        crate::tls::certificate_hint(source)
+    )]
     Connect {
         url: String,
         #[source]
         source: reqwest::Error,
     },
     #[error(
-        "registry {registry} refused the credentials ({origin}): {reason}; check source.username and source.password_file, or remove them for anonymous access"
+        "registry {registry} refused the credentials ({origin}): {reason}; {}",
+        auth_remedy(origin)
     )]
     Auth {
         registry: String,
@@ -77,6 +81,20 @@ pub enum Error {
     },
 }
 
+/// What to do about refused credentials, by where they came from (`config::load`'s order).
+fn auth_remedy(origin: &str) -> &'static str {
+    if origin.starts_with("GITHUB_TOKEN") {
+        "check GITHUB_TOKEN (it needs read:packages), or unset it for anonymous access"
+    } else if origin.starts_with("docker") {
+        "run `docker login` for this registry again or remove its entry from that docker config, \
+         or set source.username and source.password_file (they take precedence)"
+    } else if origin == "anonymous" {
+        "set source.username and source.password_file, GITHUB_TOKEN (ghcr.io), or `docker login`"
+    } else {
+        "check source.username and source.password_file, or remove them for anonymous access"
+    }
+}
+
 impl Error {
     /// How long the registry asked us to wait before trying again.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -89,7 +107,9 @@ impl Error {
     /// Whether trying again may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Stalled { .. } => true,
+            // An untrusted certificate stays untrusted.
+            Self::Connect { source, .. } => !crate::tls::is_certificate_error(source),
+            Self::Timeout { .. } | Self::Stalled { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -235,12 +255,36 @@ impl RegistryClient {
             Scheme::Https => ClientProtocol::Https,
             Scheme::Http => ClientProtocol::HttpsExcept(vec![repo.registry.clone()]),
         };
-        let oci = oci_client::Client::new(ClientConfig {
+        if let Some(warning) = crate::tls::plain_http_warning(repo) {
+            tracing::warn!("{warning}");
+        }
+        let extra_roots = network
+            .ca_pem
+            .iter()
+            .map(|ca| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: ca.pem.clone(),
+            })
+            .collect();
+        // `try_from`, not `new`: `new` falls back to a default client (without the CA) on error.
+        let oci = oci_client::Client::try_from(ClientConfig {
             protocol,
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(60)),
+            extra_root_certificates: extra_roots,
             ..ClientConfig::default()
-        });
+        })
+        .map_err(|source| Error::Oci {
+            registry: repo.registry.clone(),
+            source,
+        })?;
+        let ca_certs = match &network.ca_pem {
+            Some(ca) => ca.certificates().map_err(|source| Error::Connect {
+                url: repo.base_url(),
+                source,
+            })?,
+            None => Vec::new(),
+        };
         let (auth, auth_origin) = match credentials {
             Credentials::Anonymous => (RegistryAuth::Anonymous, "anonymous".to_owned()),
             Credentials::Basic {
@@ -256,6 +300,7 @@ impl RegistryClient {
             .user_agent(concat!("spack-mirrord/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60))
+            .tls_certs_merge(ca_certs)
             .build()
             .map_err(|source| Error::Connect {
                 url: repo.base_url(),
@@ -362,6 +407,16 @@ impl RegistryClient {
                 tracing::debug!(url, "token refused; renewing");
                 self.authenticate().await?;
                 continue;
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                // Refused with fresh credentials: a Basic-auth registry (no token flow to fail
+                // earlier) or a token without access. Either way the credentials are at fault.
+                let reason = self.status_error(url, resp).await.to_string();
+                return Err(Error::Auth {
+                    registry: self.repo.registry.clone(),
+                    origin: self.auth_origin.clone(),
+                    reason,
+                });
             }
             if status == StatusCode::FORBIDDEN
                 && !anonymous_tried

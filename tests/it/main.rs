@@ -7,6 +7,7 @@
 //! The single integration-test binary: one shared `docker-registry` serves every test, each
 //! in its own repository.
 
+mod auth;
 mod cli;
 mod crash;
 mod daemon;
@@ -16,4 +17,5 @@ mod harness_selftest;
 mod sources;
 mod support;
 mod sync;
+mod tls;
 mod verify;

@@ -9,7 +9,7 @@ use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 
 use serde_json::Value;
-use spack_mirrord::config::Credentials;
+use spack_mirrord::config::{Credentials, Network};
 use spack_mirrord::demo;
 use spack_mirrord::demo::GeneratedSpec;
 use spack_mirrord::registry::RegistryClient;
@@ -140,6 +140,11 @@ fn run_command(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
 fn configure(cmd: &mut Command, env: &[(&str, &str)]) {
     cmd.env_remove("SPACK_MIRRORD_CONFIG")
         .env_remove("GITHUB_TOKEN")
+        // Never the developer's own ~/.docker/config.json; tests that want one set their own.
+        .env(
+            "DOCKER_CONFIG",
+            "/nonexistent/spack-mirrord-test-docker-config",
+        )
         .env("RUST_LOG", "spack_mirrord=debug,warn")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null());
@@ -173,14 +178,40 @@ pub fn push_generated(url: &str, count: usize, payload: usize, seed: u64) -> dem
 }
 
 pub fn push(url: &str, cache: &demo::Cache) {
+    push_with(url, cache, &Credentials::Anonymous, &Network::default());
+}
+
+/// Pushes with credentials and network settings (a private CA).
+pub fn push_with(url: &str, cache: &demo::Cache, credentials: &Credentials, network: &Network) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = RegistryClient::new(&url.parse().unwrap(), &Credentials::Anonymous).unwrap();
+        let client =
+            RegistryClient::with_network(&url.parse().unwrap(), credentials, network).unwrap();
         demo::push(cache, &client).await.unwrap();
     });
+}
+
+/// A generated cache (`count` specs of `payload` bytes, seeded), pushed with `push_with`.
+pub fn push_generated_with(
+    url: &str,
+    count: usize,
+    seed: u64,
+    credentials: &Credentials,
+    network: &Network,
+) -> demo::Cache {
+    let cache = demo::generate(
+        &demo::sample(count, 20_000),
+        &demo::Options {
+            seed,
+            with_index: true,
+            docker_format: false,
+        },
+    );
+    push_with(url, &cache, credentials, network);
+    cache
 }
 
 /// sha256 hex of a file.

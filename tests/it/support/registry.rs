@@ -47,7 +47,23 @@ impl TestRegistry {
             .prefix("test-registry-")
             .tempdir()
             .expect("create a temporary directory for the test registry");
-        Self::start_in(dir)
+        Self::start_in(dir, "")
+    }
+
+    /// Starts a private registry with `extra_yaml` appended to its config, after the `http:`
+    /// section (so lines indented by two spaces extend it, e.g. `  tls:`, and unindented ones
+    /// add sections, e.g. `auth:`). `files` are written into the registry's directory first;
+    /// `{dir}` in `extra_yaml` stands for that directory.
+    pub fn start_with(extra_yaml: &str, files: &[(&str, &[u8])]) -> TestRegistry {
+        let dir = tempfile::Builder::new()
+            .prefix("test-registry-")
+            .tempdir()
+            .expect("create a temporary directory for the test registry");
+        for (name, bytes) in files {
+            fs::write(dir.path().join(name), bytes).expect("write a registry file");
+        }
+        let extra = extra_yaml.replace("{dir}", &dir.path().display().to_string());
+        Self::start_in(dir, &extra)
     }
 
     /// The registry shared by every test of this binary: started on first use, never dropped, and
@@ -67,11 +83,11 @@ impl TestRegistry {
                 .expect("create the shared registry directory under CARGO_TARGET_TMPDIR");
             fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
                 .expect("write owner.pid");
-            Self::start_in(dir)
+            Self::start_in(dir, "")
         })
     }
 
-    fn start_in(dir: TempDir) -> TestRegistry {
+    fn start_in(dir: TempDir, extra_yaml: &str) -> TestRegistry {
         let registry_bin = find_program("docker-registry").unwrap_or_else(|| {
             panic!(
                 "docker-registry not found (looked at /usr/bin/docker-registry and on PATH). \
@@ -93,7 +109,8 @@ impl TestRegistry {
 
         for attempt in 1..=PORT_ATTEMPTS {
             let addr = free_port();
-            fs::write(&config, config_yaml(&root, addr)).expect("write the registry config");
+            fs::write(&config, config_yaml(&root, addr) + extra_yaml)
+                .expect("write the registry config");
             let log_file = File::create(&log).expect("create the registry log file");
             let log_err = log_file
                 .try_clone()
