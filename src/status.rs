@@ -39,6 +39,22 @@ pub struct LastRun {
     pub bytes_fetched: u64,
     pub error: Option<String>,
     pub problems: Vec<ProblemItem>,
+    /// Each source's part of the run (recorded when the run ends).
+    pub sources: Vec<SourceItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceItem {
+    pub name: String,
+    pub url: String,
+    /// Spec tags listed, or for an `oras-files` source the artifacts listed.
+    pub specs_total: u64,
+    /// Specs published, or artifacts whose files were written.
+    pub specs_fetched: u64,
+    pub specs_failed: u64,
+    pub blobs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +109,20 @@ impl StatusReport {
                         tag: p.tag,
                         kind: p.kind,
                         message: p.message,
+                    })
+                    .collect(),
+                sources: store
+                    .run_sources(r.id)?
+                    .into_iter()
+                    .map(|s| SourceItem {
+                        name: s.source,
+                        url: s.url,
+                        specs_total: s.counts.specs_total,
+                        specs_fetched: s.counts.specs_fetched,
+                        specs_failed: s.counts.specs_failed,
+                        blobs_fetched: s.counts.blobs_fetched,
+                        bytes_fetched: s.counts.bytes_fetched,
+                        error: s.error,
                     })
                     .collect(),
             }),
