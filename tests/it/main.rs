@@ -13,6 +13,7 @@ mod daemon;
 mod disk;
 mod faults;
 mod harness_selftest;
+mod oras;
 mod support;
 mod sync;
 mod verify;
