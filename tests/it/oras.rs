@@ -198,6 +198,16 @@ fn catalog_discovery_mirrors_each_artifact_under_its_directory_and_a_resync_fetc
     let out = env.run(&["sync", "--now", "--full"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(env.status_json()["last_run"]["blobs_fetched"], 0);
+
+    // verify hashes the recorded files; a damaged one is found and restored by --repair.
+    let out = env.run(&["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(root.join(&files[0].repo), b"damaged").unwrap();
+    let out = env.run(&["verify"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = env.run(&["verify", "--repair"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_mirrored(&root, &files[0].repo, &files[0]);
 }
 
 #[test]
