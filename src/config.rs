@@ -40,6 +40,16 @@ pub enum Error {
         key: String,
         reason: String,
     },
+    #[error(
+        "config file {path}: repository list {file} ({key}) cannot be read; create it (one repository per line) or remove the key"
+    )]
+    RepositoriesFile {
+        path: PathBuf,
+        key: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path}: password file {file} (source.password_file) cannot be read")]
     PasswordFile {
         path: PathBuf,
@@ -81,6 +91,13 @@ pub struct FileSource {
     pub request_timeout: String,
     pub stall_timeout: String,
     pub max_requests_per_second: f64,
+    /// `oras-files`: the artifact repositories, relative to the url's repository (default:
+    /// the registry's `/v2/_catalog` below it).
+    pub repositories: Vec<String>,
+    /// `oras-files`: a file with more repositories, one per line (`#` comments).
+    pub repositories_file: Option<PathBuf>,
+    /// `oras-files`: the tag of each artifact.
+    pub tag: String,
 }
 
 impl Default for FileSource {
@@ -96,6 +113,9 @@ impl Default for FileSource {
             request_timeout: "60s".to_owned(),
             stall_timeout: "30s".to_owned(),
             max_requests_per_second: 0.0,
+            repositories: Vec::new(),
+            repositories_file: None,
+            tag: "latest".to_owned(),
         }
     }
 }
@@ -240,6 +260,15 @@ pub enum Layout {
     OrasFiles,
 }
 
+/// What an `oras-files` source mirrors (see `oras`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrasSettings {
+    /// Artifact repositories relative to the source's repository; empty: ask the catalog.
+    pub repositories: Vec<String>,
+    /// The tag of each artifact.
+    pub tag: String,
+}
+
 /// One registry repository feeding the mirror.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -249,6 +278,8 @@ pub struct Source {
     pub layout: Layout,
     pub credentials: Credentials,
     pub network: Network,
+    /// The `oras-files` keys (defaults for `spack-oci`).
+    pub oras: OrasSettings,
 }
 
 /// The validated configuration the program runs on.
@@ -305,6 +336,8 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(Secret);
+    let mut file = file;
+    read_repository_lists(path, &mut file)?;
     let mut passwords = Vec::new();
     let mut cas = Vec::new();
     let mut docker = std::collections::BTreeMap::new();
@@ -379,6 +412,34 @@ fn read_ca(path: &Path, ca: &Path) -> Result<crate::tls::CaPem, Error> {
         ))
     })?;
     crate::tls::CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
+}
+
+/// Appends the entries of each source's `repositories_file` to its `repositories`.
+fn read_repository_lists(path: &Path, file: &mut FileConfig) -> Result<(), Error> {
+    let keyed = file
+        .source
+        .iter_mut()
+        .map(|e| ("source".to_owned(), e))
+        .chain(
+            file.sources
+                .iter_mut()
+                .enumerate()
+                .map(|(i, e)| (format!("sources[{i}]"), e)),
+        );
+    for (key, entry) in keyed {
+        if let Some(list) = &entry.repositories_file {
+            let list = resolve(path, list);
+            let text =
+                std::fs::read_to_string(&list).map_err(|source| Error::RepositoriesFile {
+                    path: path.to_owned(),
+                    key: format!("{key}.repositories_file"),
+                    file: list.clone(),
+                    source,
+                })?;
+            entry.repositories.extend(crate::oras::parse_list(&text));
+        }
+    }
+    Ok(())
 }
 
 fn strip_one_newline(mut s: String) -> String {
@@ -659,12 +720,58 @@ fn validate_source(
         // Read by `load` (validate does no I/O).
         ca_pem: None,
     };
+    let oras = validate_oras(path, key, layout, entry.repositories, entry.tag)?;
     Ok(Source {
         name,
         repo,
         layout,
         credentials,
         network,
+        oras,
+    })
+}
+
+/// The `oras-files` keys of one source: repository names checked (from `repositories` and
+/// `repositories_file`, duplicates dropped), the tag checked; refused on a `spack-oci` source.
+fn validate_oras(
+    path: &Path,
+    key: &str,
+    layout: Layout,
+    repositories: Vec<String>,
+    tag: String,
+) -> Result<OrasSettings, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    if layout == Layout::SpackOci {
+        if !repositories.is_empty() {
+            return Err(key_err(
+                "repositories",
+                "is only for layout = \"oras-files\"; remove it (and repositories_file) or set the layout".to_owned(),
+            ));
+        }
+        if tag != "latest" {
+            return Err(key_err(
+                "tag",
+                "is only for layout = \"oras-files\"; a Spack OCI cache is read by all its tags"
+                    .to_owned(),
+            ));
+        }
+        return Ok(OrasSettings { repositories, tag });
+    }
+    if let Err(e) = tag.parse::<crate::model::Tag>() {
+        return Err(key_err("tag", e.to_string()));
+    }
+    let mut unique = std::collections::BTreeSet::new();
+    for name in &repositories {
+        crate::oras::check_repository(name).map_err(|e| key_err("repositories", e.to_string()))?;
+        unique.insert(name.clone());
+    }
+    Ok(OrasSettings {
+        repositories: unique.into_iter().collect(),
+        tag,
     })
 }
 
@@ -690,6 +797,12 @@ pub struct EffectiveSource {
     pub request_timeout: String,
     pub stall_timeout: String,
     pub max_requests_per_second: f64,
+    /// `oras-files` only: the artifact repositories listed (empty: the catalog is asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Vec<String>>,
+    /// `oras-files` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -722,6 +835,9 @@ impl Config {
                         .to_string(),
                     stall_timeout: humantime::format_duration(s.network.stall_timeout).to_string(),
                     max_requests_per_second: s.network.max_requests_per_second.unwrap_or(0.0),
+                    repositories: (s.layout == Layout::OrasFiles)
+                        .then(|| s.oras.repositories.clone()),
+                    tag: (s.layout == Layout::OrasFiles).then(|| s.oras.tag.clone()),
                 })
                 .collect(),
             mirror: FileMirror {
@@ -960,6 +1076,71 @@ mod tests {
         let pw = vec![Some((PathBuf::from("/pw"), "s".to_owned()))];
         let err = validate(p, file("oci://ghcr.io/a/b"), pw, &Ambient::default()).unwrap_err();
         assert!(err.to_string().contains("source.username"));
+    }
+
+    #[test]
+    fn oras_keys_are_checked_and_only_for_the_oras_layout() {
+        let mut f = file("oci://ghcr.io/autamus/spack-build-cache/21.11");
+        src(&mut f).layout = "oras-files".to_owned();
+        src(&mut f).repositories = vec![
+            "build_cache/b.spack".to_owned(),
+            "build_cache/a.spec.json".to_owned(),
+            "build_cache/b.spack".to_owned(),
+        ];
+        let c = check(f.clone()).unwrap();
+        assert_eq!(c.sources[0].layout, Layout::OrasFiles);
+        assert_eq!(
+            c.sources[0].oras,
+            OrasSettings {
+                repositories: vec![
+                    "build_cache/a.spec.json".to_owned(),
+                    "build_cache/b.spack".to_owned()
+                ],
+                tag: "latest".to_owned()
+            }
+        );
+        let mut bad = f.clone();
+        src(&mut bad).repositories = vec!["build_cache/../etc".to_owned()];
+        let err = err_of(bad);
+        assert!(
+            err.contains("source.repositories") && err.contains(".."),
+            "{err}"
+        );
+        let mut bad = f.clone();
+        src(&mut bad).tag = "-x".to_owned();
+        assert!(err_of(bad).contains("source.tag"));
+        let mut spack = f;
+        src(&mut spack).layout = "spack-oci".to_owned();
+        let err = err_of(spack);
+        assert!(
+            err.contains("source.repositories") && err.contains("oras-files"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_repositories_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("repos.txt"),
+            "# list\nbuild_cache/x.spack\n\n",
+        )
+        .unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            "[source]\nurl = \"oci://ghcr.io/a/b\"\nlayout = \"oras-files\"\n\
+             repositories = [\"build_cache/y.spack\"]\nrepositories_file = \"repos.txt\"\n",
+        )
+        .unwrap();
+        let c = load(&config).unwrap();
+        assert_eq!(
+            c.sources[0].oras.repositories,
+            ["build_cache/x.spack", "build_cache/y.spack"]
+        );
+        std::fs::remove_file(dir.path().join("repos.txt")).unwrap();
+        let err = load(&config).unwrap_err().to_string();
+        assert!(err.contains("source.repositories_file"), "{err}");
     }
 
     #[test]

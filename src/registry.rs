@@ -73,6 +73,10 @@ pub enum Error {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "registry {registry} does not list its repositories (/v2/_catalog answered {answer}); list them in the source's repositories or repositories_file"
+    )]
+    NoCatalog { registry: String, answer: String },
     #[error("registry protocol error for {registry}")]
     Oci {
         registry: String,
@@ -556,13 +560,57 @@ impl RegistryClient {
     /// Every tag of the repository, following `Link: <…>; rel="next"` pages. Pages that bring
     /// nothing new, or a `Link` back to a page already read, end the listing.
     pub async fn list_tags(&self) -> Result<Vec<String>, Error> {
-        let mut url = self.v2_url("tags/list?n=1000");
+        self.list_paged(self.v2_url("tags/list?n=1000"), "tags/list", |page| {
+            serde_json::from_slice::<TagList>(page).map(|p| p.tags.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// The repositories of the registry below `prefix` (`/v2/_catalog`, `Link`-paged like
+    /// tags), relative to it. Registries without a catalog (ghcr.io) answer with an error that
+    /// says to list the repositories in the config instead.
+    pub async fn catalog(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let url = format!("{}/v2/_catalog?n=1000", self.repo.base_url());
+        let names = self
+            .list_paged(url.clone(), "_catalog", |page| {
+                serde_json::from_slice::<Catalog>(page).map(|c| c.repositories.unwrap_or_default())
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Status { status, detail, .. }
+                    if matches!(status.as_u16(), 401 | 403 | 404 | 405)
+                        || detail.as_deref().is_some_and(|d| d.contains("UNSUPPORTED")) =>
+                {
+                    Error::NoCatalog {
+                        registry: self.repo.registry.clone(),
+                        answer: format!(
+                            "{status}{}",
+                            detail.map(|d| format!(": {d}")).unwrap_or_default()
+                        ),
+                    }
+                }
+                e => e,
+            })?;
+        Ok(crate::oras::below_prefix(
+            names.iter().map(String::as_str),
+            prefix,
+        ))
+    }
+
+    /// Every name of a `Link`-paged listing starting at `url`, sorted and unique. Pages that
+    /// bring nothing new, or a `Link` back to a page already read, end the listing.
+    async fn list_paged(
+        &self,
+        mut url: String,
+        what: &str,
+        parse: impl Fn(&[u8]) -> Result<Vec<String>, serde_json::Error>,
+    ) -> Result<Vec<String>, Error> {
         let mut seen_urls = BTreeSet::new();
         let mut tags = BTreeSet::new();
         for _ in 0..MAX_TAG_PAGES {
             seen_urls.insert(url.clone());
             let (page, next) = self
-                .with_retry("tags/list", || async {
+                .with_retry(what, || async {
                     let resp = self.send(reqwest::Method::GET, &url, &[]).await?;
                     let next = resp
                         .headers()
@@ -573,11 +621,10 @@ impl RegistryClient {
                     Ok((body, next))
                 })
                 .await?;
-            let parsed: TagList = serde_json::from_slice(&page).map_err(|e| Error::Malformed {
+            let page_tags = parse(&page).map_err(|e| Error::Malformed {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-            let page_tags = parsed.tags.unwrap_or_default();
             let before = tags.len();
             tags.extend(page_tags);
             if tags.len() == before {
@@ -586,7 +633,7 @@ impl RegistryClient {
             let Some(next) = next else { break };
             let next = Self::resolve_link(&url, &next)?;
             if seen_urls.contains(&next) {
-                tracing::warn!(url = %next, "tag list links back to a page already read; stopping");
+                tracing::warn!(url = %next, what, "listing links back to a page already read; stopping");
                 break;
             }
             url = next;
@@ -801,6 +848,11 @@ struct ErrorEntry {
 #[derive(serde::Deserialize)]
 struct TagList {
     tags: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Catalog {
+    repositories: Option<Vec<String>>,
 }
 
 fn header_digest(resp: &reqwest::Response) -> Option<Digest> {

@@ -135,6 +135,15 @@ pub struct KnownTag {
     pub spec_hash: Option<String>,
 }
 
+/// An oras artifact as the ledger last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrasArtifact {
+    /// The manifest digest whose files were published (`None`: listed, never published).
+    pub manifest_digest: Option<String>,
+    /// The paths it wrote under the mirror root.
+    pub paths: Vec<String>,
+}
+
 /// A spec published in the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecRow {
@@ -604,6 +613,71 @@ impl Store {
         Ok(())
     }
 
+    /// The oras artifacts of one source as the ledger knows them: by repository (relative to
+    /// the source's url), the manifest digest last published and the paths it wrote.
+    pub fn oras_artifacts(&self, source: &str) -> Result<HashMap<String, OrasArtifact>, Error> {
+        let mut out: HashMap<String, OrasArtifact> = HashMap::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT tag, manifest_digest FROM source_tags WHERE source = ?1 AND kind = 'oras'",
+        )?;
+        for row in stmt.query_map([source], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })? {
+            let (repository, manifest_digest) = row?;
+            out.insert(
+                repository,
+                OrasArtifact {
+                    manifest_digest,
+                    paths: Vec::new(),
+                },
+            );
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT repository, path FROM oras_files WHERE source = ?1 ORDER BY repository, path",
+        )?;
+        for row in stmt.query_map([source], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (repository, path) = row?;
+            if let Some(a) = out.get_mut(&repository) {
+                a.paths.push(path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records an oras artifact whose files are all in place (their `files` rows written):
+    /// its manifest digest and the paths it published, in one transaction.
+    pub fn record_oras_artifact(
+        &mut self,
+        run_id: i64,
+        source: &str,
+        repository: &str,
+        manifest_digest: &str,
+        paths: &[String],
+    ) -> Result<(), Error> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM oras_files WHERE source = ?1 AND repository = ?2",
+            params![source, repository],
+        )?;
+        for path in paths {
+            tx.execute(
+                "INSERT INTO oras_files (source, repository, path) VALUES (?1, ?2, ?3)",
+                params![source, repository, path],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO source_tags (source, tag, kind, manifest_digest, first_seen_run, last_seen_run)
+             VALUES (?1, ?2, 'oras', ?3, ?4, ?4)
+             ON CONFLICT(source, tag) DO UPDATE SET kind = 'oras',
+                manifest_digest = excluded.manifest_digest, last_seen_run = excluded.last_seen_run",
+            params![source, repository, manifest_digest, run_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Notes that the download of `digest` is kept at `path` with `offset` bytes.
     pub fn record_partial(
         &self,
@@ -791,6 +865,45 @@ mod tests {
             .unwrap();
         let (o, e): (String, String) = stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((o.as_str(), e.as_str()), ("failed", "interrupted"));
+    }
+
+    #[test]
+    fn oras_artifacts_remember_their_digest_and_paths_per_source() {
+        let mut s = Store::open_in_memory().unwrap();
+        let id = s.start_run("manual", 1, 1, |_| true).unwrap();
+        s.touch_tags(
+            id,
+            "o",
+            [("build_cache/a", "oras"), ("build_cache/b", "oras")],
+        )
+        .unwrap();
+        s.record_oras_artifact(
+            id,
+            "o",
+            "build_cache/a",
+            "sha256:m1",
+            &["build_cache/a".to_owned()],
+        )
+        .unwrap();
+        s.record_oras_artifact(
+            id,
+            "o",
+            "build_cache/a",
+            "sha256:m2",
+            &["build_cache/a".to_owned(), "build_cache/a.sig".to_owned()],
+        )
+        .unwrap();
+        let known = s.oras_artifacts("o").unwrap();
+        assert_eq!(known.len(), 2);
+        assert_eq!(
+            known["build_cache/a"],
+            OrasArtifact {
+                manifest_digest: Some("sha256:m2".to_owned()),
+                paths: vec!["build_cache/a".to_owned(), "build_cache/a.sig".to_owned()],
+            }
+        );
+        assert_eq!(known["build_cache/b"].manifest_digest, None);
+        assert!(s.oras_artifacts("other").unwrap().is_empty());
     }
 
     #[test]

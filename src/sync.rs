@@ -18,6 +18,7 @@
 //! `verify --repair` removes before its sync) live in the `inspect` submodule.
 
 mod inspect;
+mod oras;
 
 pub use inspect::{discard, inspect};
 
@@ -439,10 +440,9 @@ impl Run<'_> {
     ) -> Result<Vec<Candidate>, SourceError> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
-        if self.sources[src].config.layout != crate::config::Layout::SpackOci {
-            return Err(SourceError::Source(
-                "layout oras-files is not supported by this version".to_owned(),
-            ));
+        if self.sources[src].config.layout == crate::config::Layout::OrasFiles {
+            self.collect_oras(src, full).await?;
+            return Ok(Vec::new());
         }
         registry.authenticate().await?;
         let remote = registry.list_tags().await?;
@@ -525,6 +525,14 @@ impl Run<'_> {
             return Err(Fatal(self.source_errors().unwrap_or_default()));
         }
         if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        if !self
+            .sources
+            .iter()
+            .any(|s| s.config.layout == crate::config::Layout::SpackOci)
+        {
+            // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.
             return Ok(());
         }
         let candidates = self.one_per_spec(candidates)?;
@@ -858,7 +866,7 @@ impl Run<'_> {
             p.blobs_total = jobs.len() as u64;
             p.bytes_total = bytes_total;
         });
-        self.jobs = jobs.iter().map(|d| d.digest.clone()).collect();
+        self.jobs.extend(jobs.iter().map(|d| d.digest.clone()));
         for d in &jobs {
             let path = self.mirror.partial_path(&d.digest)?;
             let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -885,7 +893,7 @@ impl Run<'_> {
             .map(move |(src, d)| {
                 let (registry, mirror) = (Arc::clone(&registries[src]), mirror.clone());
                 async move {
-                    let r = download(&registry, &mirror, &d).await;
+                    let r = download(&registry, &mirror, &d, &spack::blob_path(&d.digest)).await;
                     (src, d, r)
                 }
             })
@@ -1223,7 +1231,7 @@ async fn fetch_spec(
     }
 }
 
-/// Streams one tarball into the mirror, verified against its digest and size. The download is
+/// Streams one blob into the mirror at `dest`, verified against its digest and size. The download is
 /// kept in the staging directory while it goes: a transient failure (reset, truncation, stall,
 /// 5xx, 429) resumes from the bytes already there with a `Range` request, up to the configured
 /// attempts; a registry that ignores `Range` is read from the start again. A digest mismatch
@@ -1232,6 +1240,7 @@ async fn download(
     registry: &RegistryClient,
     mirror: &Mirror,
     d: &spack::Descriptor,
+    dest: &str,
 ) -> Result<u64, ItemError> {
     let mut writer = mirror.resume_writer(&d.digest, d.size).await?;
     let mut attempt = 1;
@@ -1245,7 +1254,7 @@ async fn download(
         match received {
             Ok(()) if writer.len() == d.size && writer.digest() == d.digest => {
                 let size = writer
-                    .publish_verified(&spack::blob_path(&d.digest), &d.digest, Some(d.size))
+                    .publish_verified(dest, &d.digest, Some(d.size))
                     .await?;
                 return Ok(size);
             }

@@ -14,6 +14,7 @@ mod daemon;
 mod disk;
 mod faults;
 mod harness_selftest;
+mod oras;
 mod sources;
 mod support;
 mod sync;

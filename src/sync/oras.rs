@@ -1,0 +1,384 @@
+//! A run's work for an `oras-files` source (see [`crate::oras`]): one artifact per build-cache
+//! file, each in its own repository below the source's url.
+//!
+//! 1. The repositories: the source's `repositories` (and `repositories_file`), else the
+//!    registry's `/v2/_catalog` below the url's repository (ghcr.io has no catalog).
+//! 2. An artifact the ledger knows (manifest digest recorded) whose files are all present costs
+//!    no request; `--full` asks for its manifest digest with `HEAD` and fetches it if it moved.
+//!    Others: the manifest (tag `source.tag`) is fetched, parsed and mapped to mirror paths.
+//! 3. Each missing layer is streamed with the same verified, resumable download as a tarball,
+//!    but published at its mapped path (`build_cache/<title>`), recorded as an `oras_file`.
+//! 4. When all of an artifact's files are in place its manifest digest and paths are recorded.
+//!
+//! A failure fails that artifact (`fail_item`, named by its relative repository); the others
+//! go on. Tokens are scoped per repository, so each artifact gets its own client.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::{Fatal, ItemError, Run, SourceError, download, error_chain, now};
+use crate::config::{Credentials, Network};
+use crate::model::{Digest, RepoRef};
+use crate::oras;
+use crate::registry::RegistryClient;
+use crate::spack::Descriptor;
+
+/// An artifact whose manifest was read: the files it wants under the root.
+struct Artifact {
+    /// Relative to the source's url.
+    repository: String,
+    client: Arc<RegistryClient>,
+    manifest_digest: Digest,
+    /// Mirror path and blob of each layer.
+    files: Vec<(String, Descriptor)>,
+}
+
+enum Looked {
+    /// `--full`: the manifest digest is the one published.
+    Unchanged,
+    Changed(Artifact),
+}
+
+impl Run<'_> {
+    /// Mirrors the artifacts of an `oras-files` source. Its files are not Spack v3 specs:
+    /// nothing here goes into the v3 index.
+    pub(super) async fn collect_oras(&mut self, src: usize, full: bool) -> Result<(), SourceError> {
+        let source = self.sources[src].config.clone();
+        let name = source.name.clone();
+        let prefix = source.repo.repository.clone();
+        let listed = if source.oras.repositories.is_empty() {
+            let listed = self.sources[src].registry.catalog(&prefix).await?;
+            if listed.is_empty() {
+                return Err(SourceError::Source(format!(
+                    "the registry's catalog lists no repository below {prefix}; check the source url, \
+                     or list the repositories in repositories or repositories_file"
+                )));
+            }
+            listed
+        } else {
+            source.oras.repositories.clone()
+        };
+        let (valid, invalid): (Vec<_>, Vec<_>) = listed
+            .into_iter()
+            .map(|r| {
+                let checked = oras::check_repository(&r).map_err(|e| e.to_string());
+                (r, checked)
+            })
+            .partition(|(_, checked)| checked.is_ok());
+        let total = (valid.len() + invalid.len()) as u64;
+        self.counts.specs_total += total;
+        self.sources[src].counts.specs_total = total;
+        let specs_total = self.counts.specs_total;
+        self.report_progress(|p| p.specs_total = specs_total);
+        self.store.touch_tags(
+            self.run_id,
+            &name,
+            valid.iter().map(|(r, _)| (r.as_str(), "oras")),
+        )?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        for (r, checked) in invalid {
+            if let Err(msg) = checked {
+                self.fail_item(src, &r, &msg)?;
+            }
+        }
+
+        let known = self.store.oras_artifacts(&name)?;
+        let mut look: Vec<(String, Option<String>)> = Vec::new();
+        let mut kept = 0_usize;
+        for (r, _) in valid {
+            let published = known.get(&r).and_then(|a| {
+                let intact = !a.paths.is_empty() && a.paths.iter().all(|p| self.is_intact(p));
+                a.manifest_digest.clone().filter(|_| intact)
+            });
+            match published {
+                Some(_) if !full => kept += 1,
+                old => look.push((r, old)),
+            }
+        }
+        tracing::info!(
+            source = %name,
+            artifacts = total,
+            look = look.len(),
+            kept,
+            "oras artifacts listed"
+        );
+
+        let artifacts = self.look_up_all(src, look).await?;
+        let artifacts = self.claim_paths(src, artifacts, &known)?;
+        self.fetch_files(src, artifacts).await
+    }
+
+    /// Reads the manifests of the artifacts to look at (with `HEAD` first for known ones).
+    async fn look_up_all(
+        &mut self,
+        src: usize,
+        look: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<Artifact>, SourceError> {
+        let source = &self.sources[src].config;
+        let (base, credentials, network, tag) = (
+            source.repo.clone(),
+            source.credentials.clone(),
+            source.network.clone(),
+            source.oras.tag.clone(),
+        );
+        let mut results = futures_util::stream::iter(look)
+            .map(move |(rel, old)| {
+                let (base, credentials, network, tag) = (
+                    base.clone(),
+                    credentials.clone(),
+                    network.clone(),
+                    tag.clone(),
+                );
+                async move {
+                    let r =
+                        look_up(&base, &credentials, &network, &rel, &tag, old.as_deref()).await;
+                    (rel, r)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut artifacts = Vec::new();
+        while let Some(Some((rel, r))) = self.cancel.run_until_cancelled(results.next()).await {
+            match r {
+                Ok(Looked::Unchanged) => {}
+                Ok(Looked::Changed(a)) => artifacts.push(a),
+                Err(ItemError::Item(msg)) => self.fail_item(src, &rel, &msg)?,
+                // Credentials refused: this source stops, nothing of it was written yet.
+                Err(ItemError::Fatal(e)) => return Err(SourceError::Source(error_chain(&*e))),
+            }
+        }
+        artifacts.sort_by(|a, b| a.repository.cmp(&b.repository));
+        Ok(artifacts)
+    }
+
+    /// Keeps the artifacts whose paths no other artifact of the source writes (in this run or
+    /// as the ledger knows it); the others fail, naming the path and both repositories.
+    fn claim_paths(
+        &mut self,
+        src: usize,
+        artifacts: Vec<Artifact>,
+        known: &HashMap<String, crate::store::OrasArtifact>,
+    ) -> Result<Vec<Artifact>, Fatal> {
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (repository, a) in known {
+            for p in &a.paths {
+                owner.entry(p.clone()).or_insert_with(|| repository.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for a in artifacts {
+            let clash = a.files.iter().find_map(|(p, _)| {
+                owner
+                    .get(p)
+                    .filter(|o| **o != a.repository)
+                    .map(|o| (p.clone(), o.clone()))
+            });
+            if let Some((path, other)) = clash {
+                let msg = format!(
+                    "its file {path} is already written by the artifact {other}; \
+                     leave one of them out of the source's repositories"
+                );
+                self.fail_item(src, &a.repository, &msg)?;
+                continue;
+            }
+            for (p, _) in &a.files {
+                owner.insert(p.clone(), a.repository.clone());
+            }
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    /// Downloads the missing files of the artifacts and records each artifact whose files are
+    /// all in place.
+    async fn fetch_files(
+        &mut self,
+        src: usize,
+        artifacts: Vec<Artifact>,
+    ) -> Result<(), SourceError> {
+        let name = self.sources[src].config.name.clone();
+        // Each blob once per task: paths sharing a digest are written one after the other,
+        // since they share the resumable staging file.
+        let mut by_digest: BTreeMap<Digest, (Arc<RegistryClient>, Descriptor, Vec<String>)> =
+            BTreeMap::new();
+        for a in &artifacts {
+            for (path, d) in &a.files {
+                let done = self.is_intact(path)
+                    && self
+                        .files
+                        .get(path)
+                        .is_some_and(|f| f.digest == d.digest.as_str());
+                if !done {
+                    by_digest
+                        .entry(d.digest.clone())
+                        .or_insert_with(|| (Arc::clone(&a.client), d.clone(), Vec::new()))
+                        .2
+                        .push(path.clone());
+                }
+            }
+        }
+        let bytes_total: u64 = by_digest
+            .values()
+            .map(|(_, d, p)| d.size * p.len() as u64)
+            .sum();
+        let blobs_total: u64 = by_digest.values().map(|(_, _, p)| p.len() as u64).sum();
+        tracing::info!(source = %name, files = blobs_total, bytes = bytes_total, "downloading oras files");
+        self.report_progress(|p| {
+            p.blobs_total += blobs_total;
+            p.bytes_total += bytes_total;
+        });
+        for digest in by_digest.keys() {
+            let path = self.mirror.partial_path(digest).map_err(Fatal::from)?;
+            let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
+            self.store
+                .record_partial(digest.as_str(), &path.to_string_lossy(), kept, now())?;
+            self.jobs.push(digest.clone());
+        }
+        let mirror = self.mirror.clone();
+        let mut results = futures_util::stream::iter(by_digest.into_values())
+            .map(move |(client, d, paths)| {
+                let mirror = mirror.clone();
+                async move {
+                    let mut out = Vec::new();
+                    let mut paths = paths.into_iter();
+                    for path in paths.by_ref() {
+                        let r = download(&client, &mirror, &d, &path).await;
+                        let failed = r.is_err();
+                        out.push((path, r));
+                        if failed {
+                            break;
+                        }
+                    }
+                    // A blob that failed once is not tried again for its other paths.
+                    for path in paths {
+                        let msg = format!("blob {} was not fetched: see the other file", d.digest);
+                        out.push((path, Err(ItemError::Item(msg))));
+                    }
+                    (d, out)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut failed: HashMap<String, String> = HashMap::new();
+        let mut written: HashSet<String> = HashSet::new();
+        while let Some(Some((d, out))) = self.cancel.run_until_cancelled(results.next()).await {
+            for (path, r) in out {
+                match r {
+                    Ok(size) => {
+                        self.counts.blobs_fetched += 1;
+                        self.counts.bytes_fetched += size;
+                        self.sources[src].counts.blobs_fetched += 1;
+                        self.sources[src].counts.bytes_fetched += size;
+                        self.record_file(&path, "oras_file", &d.digest, size)?;
+                        self.store.forget_partial(d.digest.as_str())?;
+                        self.store.update_counts(self.run_id, &self.counts)?;
+                        tracing::debug!(path, digest = %d.digest, bytes = size, "oras file stored");
+                        self.report_progress(|p| {
+                            p.blobs_done += 1;
+                            p.bytes_done += size;
+                        });
+                        written.insert(path);
+                    }
+                    Err(ItemError::Fatal(e)) => return Err(SourceError::Fatal(Fatal::of(&*e))),
+                    Err(ItemError::Item(msg)) => {
+                        tracing::warn!(path, digest = %d.digest, error = msg, "oras file rejected");
+                        self.note_partial(&d.digest)?;
+                        failed.insert(path, msg);
+                    }
+                }
+            }
+        }
+        drop(results);
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        self.record_artifacts(src, artifacts, &failed, &written)
+    }
+
+    /// Records each artifact whose files are all in place; fails the others with the reason.
+    fn record_artifacts(
+        &mut self,
+        src: usize,
+        artifacts: Vec<Artifact>,
+        failed: &HashMap<String, String>,
+        written: &HashSet<String>,
+    ) -> Result<(), SourceError> {
+        let name = self.sources[src].config.name.clone();
+        for a in artifacts {
+            let problem = a.files.iter().find_map(|(p, d)| {
+                let in_place = self
+                    .files
+                    .get(p)
+                    .is_some_and(|f| f.digest == d.digest.as_str());
+                match failed.get(p) {
+                    Some(msg) => Some(format!("file {p}: {msg}")),
+                    None if !in_place => Some(format!("file {p} was not written")),
+                    None => None,
+                }
+            });
+            if let Some(msg) = problem {
+                self.fail_item(src, &a.repository, &msg)?;
+                continue;
+            }
+            let paths: Vec<String> = a.files.iter().map(|(p, _)| p.clone()).collect();
+            self.store.record_oras_artifact(
+                self.run_id,
+                &name,
+                &a.repository,
+                a.manifest_digest.as_str(),
+                &paths,
+            )?;
+            if paths.iter().any(|p| written.contains(p)) {
+                self.counts.specs_fetched += 1;
+                self.sources[src].counts.specs_fetched += 1;
+                self.store.update_counts(self.run_id, &self.counts)?;
+            }
+            tracing::debug!(
+                repository = a.repository,
+                files = paths.len(),
+                "oras artifact published"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The manifest of one artifact, parsed and mapped to mirror paths. With `old` (a known
+/// digest, `--full`), a `HEAD` first: an unmoved digest needs nothing more.
+async fn look_up(
+    base: &RepoRef,
+    credentials: &Credentials,
+    network: &Network,
+    rel: &str,
+    tag: &str,
+    old: Option<&str>,
+) -> Result<Looked, ItemError> {
+    let repo = RepoRef {
+        repository: format!("{}/{rel}", base.repository),
+        ..base.clone()
+    };
+    let client = RegistryClient::with_network(&repo, credentials, network)?;
+    client.authenticate().await?;
+    if let Some(old) = old
+        && client
+            .manifest_digest(tag)
+            .await?
+            .is_some_and(|d| d.as_str() == old)
+    {
+        return Ok(Looked::Unchanged);
+    }
+    let (manifest, manifest_digest) = client.fetch_manifest(tag).await?;
+    let in_artifact = |e: oras::Error| ItemError::Item(format!("artifact {repo}:{tag}: {e}"));
+    let files = oras::parse_manifest(&manifest)
+        .map_err(in_artifact)?
+        .into_iter()
+        .map(|l| Ok((oras::mirror_path(rel, &l.title)?, l.descriptor)))
+        .collect::<Result<Vec<_>, oras::Error>>()
+        .map_err(in_artifact)?;
+    Ok(Looked::Changed(Artifact {
+        repository: rel.to_owned(),
+        client: Arc::new(client),
+        manifest_digest,
+        files,
+    }))
+}
