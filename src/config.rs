@@ -96,6 +96,8 @@ pub struct FileSource {
     pub repositories: Vec<String>,
     /// `oras-files`: a file with more repositories, one per line (`#` comments).
     pub repositories_file: Option<PathBuf>,
+    /// `oras-files`: an http(s) URL of a list like `repositories_file`, read at each run.
+    pub repositories_url: Option<String>,
     /// `oras-files`: the tag of each artifact.
     pub tag: String,
 }
@@ -115,6 +117,7 @@ impl Default for FileSource {
             max_requests_per_second: 0.0,
             repositories: Vec::new(),
             repositories_file: None,
+            repositories_url: None,
             tag: "latest".to_owned(),
         }
     }
@@ -263,8 +266,11 @@ pub enum Layout {
 /// What an `oras-files` source mirrors (see `oras`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OrasSettings {
-    /// Artifact repositories relative to the source's repository; empty: ask the catalog.
+    /// Artifact repositories relative to the source's repository; empty (and no URL): ask
+    /// the catalog.
     pub repositories: Vec<String>,
+    /// A list of more repositories, one per line, fetched at each run.
+    pub repositories_url: Option<String>,
     /// The tag of each artifact.
     pub tag: String,
 }
@@ -720,7 +726,14 @@ fn validate_source(
         // Read by `load` (validate does no I/O).
         ca_pem: None,
     };
-    let oras = validate_oras(path, key, layout, entry.repositories, entry.tag)?;
+    let oras = validate_oras(
+        path,
+        key,
+        layout,
+        entry.repositories,
+        entry.repositories_url,
+        entry.tag,
+    )?;
     Ok(Source {
         name,
         repo,
@@ -738,6 +751,7 @@ fn validate_oras(
     key: &str,
     layout: Layout,
     repositories: Vec<String>,
+    repositories_url: Option<String>,
     tag: String,
 ) -> Result<OrasSettings, Error> {
     let key_err = |field: &str, reason: String| Error::Key {
@@ -746,10 +760,10 @@ fn validate_oras(
         reason,
     };
     if layout == Layout::SpackOci {
-        if !repositories.is_empty() {
+        if !repositories.is_empty() || repositories_url.is_some() {
             return Err(key_err(
                 "repositories",
-                "is only for layout = \"oras-files\"; remove it (and repositories_file) or set the layout".to_owned(),
+                "is only for layout = \"oras-files\"; remove it (and repositories_file, repositories_url) or set the layout".to_owned(),
             ));
         }
         if tag != "latest" {
@@ -759,7 +773,19 @@ fn validate_oras(
                     .to_owned(),
             ));
         }
-        return Ok(OrasSettings { repositories, tag });
+        return Ok(OrasSettings {
+            repositories,
+            repositories_url,
+            tag,
+        });
+    }
+    if let Some(url) = &repositories_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(key_err(
+            "repositories_url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        ));
     }
     if let Err(e) = tag.parse::<crate::model::Tag>() {
         return Err(key_err("tag", e.to_string()));
@@ -771,6 +797,7 @@ fn validate_oras(
     }
     Ok(OrasSettings {
         repositories: unique.into_iter().collect(),
+        repositories_url,
         tag,
     })
 }
@@ -1096,9 +1123,13 @@ mod tests {
                     "build_cache/a.spec.json".to_owned(),
                     "build_cache/b.spack".to_owned()
                 ],
+                repositories_url: None,
                 tag: "latest".to_owned()
             }
         );
+        let mut bad = f.clone();
+        src(&mut bad).repositories_url = Some("ftp://lists/x".to_owned());
+        assert!(err_of(bad).contains("repositories_url"));
         let mut bad = f.clone();
         src(&mut bad).repositories = vec!["build_cache/../etc".to_owned()];
         let err = err_of(bad);

@@ -688,6 +688,31 @@ impl RegistryClient {
         .await
     }
 
+    /// A small text document from anywhere (a list of repositories), without the registry's
+    /// credentials: the URL may be on another host.
+    pub async fn fetch_text(&self, url: &str) -> Result<String, Error> {
+        self.with_retry("list", || async {
+            let resp = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|source| Error::Connect {
+                    url: url.to_owned(),
+                    source,
+                })?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(url, resp).await);
+            }
+            let body = Self::body(url, resp, 16 << 20).await?;
+            String::from_utf8(body).map_err(|_| Error::Malformed {
+                url: url.to_owned(),
+                reason: "the list is not UTF-8 text".to_owned(),
+            })
+        })
+        .await
+    }
+
     /// The digest the registry gives for a tag (HEAD), without fetching the manifest.
     pub async fn manifest_digest(&self, tag: &str) -> Result<Option<Digest>, Error> {
         let url = self.v2_url(&format!("manifests/{tag}"));

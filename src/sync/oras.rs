@@ -48,7 +48,23 @@ impl Run<'_> {
         let source = self.sources[src].config.clone();
         let name = source.name.clone();
         let prefix = source.repo.repository.clone();
-        let listed = if source.oras.repositories.is_empty() {
+        let mut listed_extra = Vec::new();
+        if let Some(url) = &source.oras.repositories_url {
+            let text = self.sources[src].registry.fetch_text(url).await?;
+            listed_extra = oras::parse_list(&text);
+            tracing::debug!(source = %name, url, repositories = listed_extra.len(), "repository list read");
+            if listed_extra.is_empty() && source.oras.repositories.is_empty() {
+                return Err(SourceError::Source(format!(
+                    "the list at {url} (repositories_url) names no repository"
+                )));
+            }
+        }
+        let listed = if !listed_extra.is_empty() {
+            let mut all: std::collections::BTreeSet<String> =
+                source.oras.repositories.iter().cloned().collect();
+            all.extend(listed_extra);
+            all.into_iter().collect()
+        } else if source.oras.repositories.is_empty() {
             let listed = self.sources[src].registry.catalog(&prefix).await?;
             if listed.is_empty() {
                 return Err(SourceError::Source(format!(

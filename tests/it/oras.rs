@@ -399,3 +399,44 @@ fn a_spack_source_and_an_oras_source_feed_one_mirror_and_the_index_lists_only_th
             .all(|s| s["error"] == Value::Null)
     );
 }
+
+#[test]
+fn a_repository_list_at_a_url_is_read_at_each_run() {
+    use crate::support::front::{Fault, FrontOptions, GhcrFront};
+    let reg = TestRegistry::shared();
+    let prefix = "oras/cache-1260";
+    let files = [
+        File::named("build_cache/one.spack", 1260),
+        File::named("build_cache/two.spack", 1261),
+    ];
+    push_artifacts(reg, prefix, &files);
+    // Any web server will do for the list; the front serves it as an injected answer.
+    let web = GhcrFront::start(reg.addr(), FrontOptions::default());
+    let mut list = Fault::status("/lists/repos.txt", hyper::StatusCode::OK, 100);
+    list.body = "# artifacts\nbuild_cache/two.spack\n".to_owned();
+    web.inject_fault(list);
+    let url = reg.url(prefix);
+    let env = Env::new(&url);
+    oras_config(
+        &env,
+        &url,
+        &format!("repositories_url = \"{}/lists/repos.txt\"", web.base_url()),
+    );
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(files_under(&env.root()), ["build_cache/two.spack"]);
+    assert_mirrored(&env.root(), "build_cache/two.spack", &files[1]);
+    let listed = web
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/lists/repos.txt")
+        .count();
+    assert_eq!(listed, 1);
+    assert!(
+        web.requests()
+            .iter()
+            .filter(|r| r.path == "/lists/repos.txt")
+            .all(|r| r.authorization.is_none()),
+        "credentials must not go to the list's host"
+    );
+}
