@@ -121,7 +121,9 @@ fn the_daemon_syncs_at_start_then_on_schedule_and_stops_on_sigterm() {
     wait_until(Duration::from_secs(20), "the first run", || {
         specs(&env) == 3
     });
-    assert_eq!(last_run(&env)["trigger"], "start");
+    // Later runs may already have followed (the schedule fires every second): the log keeps
+    // the first one.
+    assert!(d.log().contains(r#"trigger="start""#), "{}", d.log());
 
     // A new spec upstream appears after a later tick.
     push_generated(&url, 5, 5_000, 601);
