@@ -243,13 +243,18 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} files ({}): {} missing, {} corrupt, {} extra, {} manifest problems",
+            "checked {} files ({}): {} missing, {} corrupt, {} extra, {} manifest {}",
             self.checked,
             crate::status::human_bytes(self.bytes),
             self.missing.len(),
             self.corrupt.len(),
             self.extra.len(),
-            self.manifest_problems.len()
+            self.manifest_problems.len(),
+            if self.manifest_problems.len() == 1 {
+                "problem"
+            } else {
+                "problems"
+            }
         )?;
         list(f, &self.missing, |f, p| writeln!(f, "missing   {p}"))?;
         list(f, &self.corrupt, |f, c| match (&c.actual, c.actual_size) {
