@@ -668,6 +668,31 @@ impl Run<'_> {
         }
     }
 
+    /// Books a download that was published at `path`: counts (run and source), the file's
+    /// ledger row, the kept download forgotten, progress.
+    fn downloaded(
+        &mut self,
+        src: usize,
+        path: &str,
+        kind: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Fatal> {
+        self.counts.blobs_fetched += 1;
+        self.counts.bytes_fetched += size;
+        self.sources[src].counts.blobs_fetched += 1;
+        self.sources[src].counts.bytes_fetched += size;
+        self.record_file(path, kind, digest, size)?;
+        self.store.forget_partial(digest.as_str())?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        tracing::debug!(path, kind, digest = %digest, bytes = size, "download stored");
+        self.report_progress(|p| {
+            p.blobs_done += 1;
+            p.bytes_done += size;
+        });
+        Ok(())
+    }
+
     /// Records how much of an interrupted download is kept, or forgets it when nothing is.
     fn note_partial(&self, digest: &Digest) -> Result<(), Fatal> {
         let path = self.mirror.partial_path(digest)?;
@@ -902,18 +927,13 @@ impl Run<'_> {
         while let Some(Some((src, d, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
                 Ok(size) => {
-                    self.counts.blobs_fetched += 1;
-                    self.counts.bytes_fetched += size;
-                    self.sources[src].counts.blobs_fetched += 1;
-                    self.sources[src].counts.bytes_fetched += size;
-                    self.record_file(&spack::blob_path(&d.digest), "tarball", &d.digest, size)?;
-                    self.store.forget_partial(d.digest.as_str())?;
-                    self.store.update_counts(self.run_id, &self.counts)?;
-                    tracing::debug!(digest = %d.digest, bytes = size, "tarball stored");
-                    self.report_progress(|p| {
-                        p.blobs_done += 1;
-                        p.bytes_done += size;
-                    });
+                    self.downloaded(
+                        src,
+                        &spack::blob_path(&d.digest),
+                        "tarball",
+                        &d.digest,
+                        size,
+                    )?;
                 }
                 Err(ItemError::Fatal(e)) => return Err(Fatal::of(&*e)),
                 Err(ItemError::Item(msg)) => {

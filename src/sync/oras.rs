@@ -281,18 +281,7 @@ impl Run<'_> {
             for (path, r) in out {
                 match r {
                     Ok(size) => {
-                        self.counts.blobs_fetched += 1;
-                        self.counts.bytes_fetched += size;
-                        self.sources[src].counts.blobs_fetched += 1;
-                        self.sources[src].counts.bytes_fetched += size;
-                        self.record_file(&path, "oras_file", &d.digest, size)?;
-                        self.store.forget_partial(d.digest.as_str())?;
-                        self.store.update_counts(self.run_id, &self.counts)?;
-                        tracing::debug!(path, digest = %d.digest, bytes = size, "oras file stored");
-                        self.report_progress(|p| {
-                            p.blobs_done += 1;
-                            p.bytes_done += size;
-                        });
+                        self.downloaded(src, &path, "oras_file", &d.digest, size)?;
                         written.insert(path);
                     }
                     Err(ItemError::Fatal(e)) => return Err(SourceError::Fatal(Fatal::of(&*e))),
