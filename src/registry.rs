@@ -61,6 +61,12 @@ pub enum Error {
     },
     #[error("no answer from {url} within {limit:?}")]
     Timeout { url: String, limit: Duration },
+    #[error("body of {url} ended after {received} of {expected} bytes")]
+    Truncated {
+        url: String,
+        received: u64,
+        expected: u64,
+    },
     #[error("download of {url} stalled: no data for {limit:?}")]
     Stalled { url: String, limit: Duration },
     #[error("{url} is larger than {limit} bytes")]
@@ -113,7 +119,7 @@ impl Error {
         match self {
             // An untrusted certificate stays untrusted.
             Self::Connect { source, .. } => !crate::tls::is_certificate_error(source),
-            Self::Timeout { .. } | Self::Stalled { .. } => true,
+            Self::Timeout { .. } | Self::Stalled { .. } | Self::Truncated { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -833,6 +839,11 @@ impl BlobBody {
     /// The length the registry announced, if any.
     pub fn content_length(&self) -> Option<u64> {
         self.resp.content_length()
+    }
+
+    /// The URL the body was asked at.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Whether the body continues from the requested offset (206). `false` after a non-zero

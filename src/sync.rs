@@ -1352,6 +1352,14 @@ async fn receive(
             return Err(DownloadError::TooLong);
         }
     }
+    if writer.len() < d.size {
+        // The body ended cleanly but short: like a reset, resume from what arrived.
+        return Err(DownloadError::Registry(registry::Error::Truncated {
+            url: body.url().to_owned(),
+            received: writer.len(),
+            expected: d.size,
+        }));
+    }
     Ok(())
 }
 

@@ -74,6 +74,20 @@ fn a_body_cut_short_is_resumed_with_a_range_request() {
 }
 
 #[test]
+fn a_body_that_ends_short_without_error_is_resumed() {
+    let s = setup("faults/short", 913, FrontOptions::default());
+    let hex = s.leaf().tarball.hex().to_owned();
+    s.front
+        .inject_body_fault(&hex, BodyFaultKind::EndEarly(70_000), 1);
+    let out = s.env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&s.env.root(), &s.all_specs());
+    let reqs = s.blob_requests(&hex);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range.as_deref(), Some("bytes=70000-"));
+}
+
+#[test]
 fn a_stalled_body_is_abandoned_and_resumed() {
     let s = setup("faults/stall", 902, FrontOptions::default());
     let hex = s.leaf().tarball.hex().to_owned();

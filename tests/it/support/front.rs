@@ -138,6 +138,8 @@ pub enum BodyFaultKind {
     Truncate(usize),
     /// Sends this many bytes, then nothing more, keeping the connection open.
     Stall(usize),
+    /// Sends this many bytes and ends the body cleanly, without a `Content-Length`.
+    EndEarly(usize),
     /// Flips one bit in the first bytes sent.
     Corrupt,
     /// Answers a `Range` request with `200` and the whole blob.
@@ -641,6 +643,9 @@ impl State {
             header::CONTENT_RANGE,
             header::ACCEPT_RANGES,
         ] {
+            if name == header::CONTENT_LENGTH && matches!(fault, Some(BodyFaultKind::EndEarly(_))) {
+                continue;
+            }
             if let Some(value) = upstream.headers().get(&name) {
                 response = response.header(name, value.clone());
             }
@@ -654,6 +659,7 @@ impl State {
                     Some(
                         kind @ (BodyFaultKind::Truncate(_)
                         | BodyFaultKind::Stall(_)
+                        | BodyFaultKind::EndEarly(_)
                         | BodyFaultKind::Corrupt),
                     ),
                     _,
@@ -755,7 +761,7 @@ fn stream_body(upstream: reqwest::Response) -> Body {
 /// The body with `kind` applied: cut, stalled or corrupted.
 fn faulty_body(upstream: reqwest::Response, kind: BodyFaultKind) -> Body {
     let limit = match kind {
-        BodyFaultKind::Truncate(n) | BodyFaultKind::Stall(n) => n,
+        BodyFaultKind::Truncate(n) | BodyFaultKind::Stall(n) | BodyFaultKind::EndEarly(n) => n,
         BodyFaultKind::Corrupt | BodyFaultKind::IgnoreRange => usize::MAX,
     };
     let frames = async_stream_of(upstream, limit, kind);
@@ -799,7 +805,7 @@ fn async_stream_of(
             Err(Box::new(std::io::Error::other("injected connection reset")) as BoxError)
         })),
         BodyFaultKind::Stall(_) => Box::pin(futures_util::stream::pending()),
-        BodyFaultKind::Corrupt | BodyFaultKind::IgnoreRange => {
+        BodyFaultKind::Corrupt | BodyFaultKind::IgnoreRange | BodyFaultKind::EndEarly(_) => {
             Box::pin(futures_util::stream::empty())
         }
     };
