@@ -814,6 +814,17 @@ impl Run<'_> {
             .map(|n| n.saturating_add(LEDGER_SPEC_BYTES))
             .fold(0, u64::saturating_add)
             .saturating_mul(2);
+        self.check_free_space(root_needed, ledger_needed)
+    }
+
+    /// Compares what a run will write under the root and into the ledger, plus a margin,
+    /// with the free space of their filesystems; a shortfall fails the run before any
+    /// download. Free space that cannot be read is logged and the check skipped.
+    pub(super) fn check_free_space(
+        &self,
+        root_needed: u64,
+        ledger_needed: u64,
+    ) -> Result<(), Fatal> {
         let volumes = self
             .mirror
             .free_space()

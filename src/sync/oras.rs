@@ -240,6 +240,13 @@ impl Run<'_> {
             .sum();
         let blobs_total: u64 = by_digest.values().map(|(_, _, p)| p.len() as u64).sum();
         tracing::info!(source = %name, files = blobs_total, bytes = bytes_total, "downloading oras files");
+        // Every path gets its own copy; the ledger gains a few rows per file.
+        let root_needed = crate::plan::on_disk(
+            by_digest
+                .values()
+                .flat_map(|(_, d, paths)| paths.iter().map(move |_| d.size)),
+        );
+        self.check_free_space(root_needed, blobs_total.saturating_mul(4096))?;
         self.report_progress(|p| {
             p.blobs_total += blobs_total;
             p.bytes_total += bytes_total;

@@ -384,3 +384,30 @@ fn a_mirror_root_that_is_a_mount_point_is_refused_before_any_download() {
     assert!(stderr.contains("top of its own filesystem"), "{stderr}");
     assert!(stderr.contains("subdirectory"), "{stderr}");
 }
+
+#[test]
+fn an_oras_source_that_cannot_fit_is_refused_before_anything_is_written() {
+    use crate::oras::{File, oras_config, push_artifacts};
+    let reg = TestRegistry::shared();
+    let prefix = "disk/oras-1301";
+    // Three files of ~20 KB each, on a filesystem too small for them with the margin.
+    let files: Vec<File> = (0..3)
+        .map(|i| File::named(&format!("build_cache/f{i}.spack"), 1301 + i))
+        .collect();
+    push_artifacts(reg, prefix, &files);
+    let url = reg.url(prefix);
+    let disk = Disk::new(&url, 1 << 20, false);
+    let Some(fs) = &disk.fs else {
+        // Without a mount the pre-flight cannot be exercised; the other tests cover the abort.
+        return;
+    };
+    // Leave less than the 1 MiB margin free.
+    let filler = fs.fill();
+    std::fs::write(&filler, vec![0u8; 900 << 10]).unwrap();
+    oras_config(&disk.env, &url, "");
+    let out = disk.env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not enough space"), "{stderr}");
+    assert!(!disk.env.root().join("build_cache").exists());
+}

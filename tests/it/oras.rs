@@ -17,7 +17,7 @@ const EMPTY_CONFIG_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 /// One artifact: its repository relative to the prefix, the layer's title, the bytes.
-struct File {
+pub(crate) struct File {
     repo: String,
     title: String,
     bytes: Vec<u8>,
@@ -25,7 +25,7 @@ struct File {
 
 impl File {
     /// A file whose title is the last component of its repository, as `oras push` makes it.
-    fn named(repo: &str, seed: u64) -> File {
+    pub(crate) fn named(repo: &str, seed: u64) -> File {
         let title = repo.rsplit('/').next().unwrap();
         Self::titled(repo, title, seed)
     }
@@ -52,7 +52,7 @@ impl File {
 }
 
 /// Pushes each file as an oras artifact under `<prefix>/<repo>:latest`.
-fn push_artifacts(reg: &TestRegistry, prefix: &str, files: &[File]) {
+pub(crate) fn push_artifacts(reg: &TestRegistry, prefix: &str, files: &[File]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +102,7 @@ fn push_artifacts(reg: &TestRegistry, prefix: &str, files: &[File]) {
 }
 
 /// A config with one `oras-files` source at `url`; `keys` go into its section.
-fn oras_config(env: &Env, url: &str, keys: &str) {
+pub(crate) fn oras_config(env: &Env, url: &str, keys: &str) {
     let text = format!(
         "[source]\nurl = \"{url}\"\nlayout = \"oras-files\"\n{keys}\n[mirror]\nroot = \"{}\"\n[state]\ndir = \"{}\"\n[sync]\nconcurrency = 4\n",
         env.root().display(),
