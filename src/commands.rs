@@ -29,7 +29,13 @@ use crate::verify::VerifyReport;
     reason = "main hands the parsed command line over"
 )]
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
-    let config = config::load(&cli.config)?;
+    let purpose = match &cli.command {
+        Command::Status { .. } | Command::Verify { repair: false, .. } => {
+            config::Purpose::LocalOnly
+        }
+        _ => config::Purpose::Registry,
+    };
+    let config = config::load_for(&cli.config, purpose)?;
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&config),
         Command::Status { json } => status(&config, json),

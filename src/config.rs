@@ -314,8 +314,24 @@ pub struct Ambient {
     pub docker: std::collections::BTreeMap<String, crate::credentials::Found>,
 }
 
+/// What the loaded configuration is for: commands that only read the ledger (`status`,
+/// `verify` without `--repair`) never look up Docker credentials, so a slow credential helper
+/// cannot hold them up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Talking to the registry (or showing how it would be talked to).
+    Registry,
+    /// Reading the ledger and the mirror only.
+    LocalOnly,
+}
+
 /// Reads the file and the environment and validates the result.
 pub fn load(path: &Path) -> Result<Config, Error> {
+    load_for(path, Purpose::Registry)
+}
+
+/// `load`, looking up Docker credentials only when `purpose` needs the registry.
+pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     if let Err(source) = std::fs::File::open(path) {
         return Err(Error::Unreadable {
             path: path.to_owned(),
@@ -364,7 +380,9 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             Some(p) => Some(read_ca(path, &resolve(path, p))?),
             None => None,
         });
-        docker_credentials(entry, github_token.is_some(), &mut docker)?;
+        if purpose == Purpose::Registry {
+            docker_credentials(entry, github_token.is_some(), &mut docker)?;
+        }
     }
     let mut config = validate(
         path,

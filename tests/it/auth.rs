@@ -225,6 +225,11 @@ fn a_missing_credential_helper_is_a_config_error_naming_it() {
         "{stderr}"
     );
     assert!(stderr.contains(&dc), "{stderr}");
+    // Reading the ledger never involves the registry's credentials, so no helper runs.
+    for args in [&["status"][..], &["status", "--json"], &["verify"]] {
+        let out = run_with(&env, args, &[("DOCKER_CONFIG", dc.as_str())]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
 }
 
 /// The front's token server (bearer flow) in front of the shared registry, taking Basic
