@@ -191,6 +191,25 @@ fn a_sync_that_cannot_fit_is_refused_before_anything_is_written() {
 }
 
 /// Waits until the front has received a request for one of `hexes`.
+/// Runs `sync --now` and fills `fs` once the download of one of `hexes` has begun; returns
+/// the run's output and the filler file.
+fn sync_filling_the_disk(
+    env: &Env,
+    fs: &SmallFs,
+    front: &GhcrFront,
+    hexes: &[&str],
+) -> (Output, PathBuf) {
+    let child = env
+        .command(&["sync", "--now"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_blob_request(front, hexes);
+    let filler = fs.fill();
+    (child.wait_with_output().unwrap(), filler)
+}
+
 fn wait_for_blob_request(front: &GhcrFront, hexes: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !front
@@ -253,15 +272,7 @@ fn a_disk_that_fills_mid_run_leaves_the_mirror_intact_and_the_next_run_recovers(
     let big: Vec<&str> = full.specs[3..].iter().map(|s| s.tarball.hex()).collect();
     let out = if let Some(fs) = &disk.fs {
         front.clear_requests();
-        let child = env
-            .command(&["sync", "--now"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_blob_request(&front, &big);
-        let filler = fs.fill();
-        let out = child.wait_with_output().unwrap();
+        let (out, filler) = sync_filling_the_disk(env, fs, &front, &big);
         let error = assert_failed_run(&out, env, "No space left on device");
         assert!(
             error.contains(&disk.staging().display().to_string()),
@@ -320,17 +331,9 @@ fn a_ledger_that_fills_mid_run_stops_the_run_and_the_next_run_recovers() {
     let hexes: Vec<&str> = cache.specs.iter().map(|s| s.tarball.hex()).collect();
 
     if let Some(fs) = &disk.fs {
-        let child = env
-            .command(&["sync", "--now"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_blob_request(&front, &hexes);
         // SQLite's WAL grows with every commit of the run, so the row recording the first
         // tarball already needs space the filesystem no longer has.
-        let filler = fs.fill();
-        let out = child.wait_with_output().unwrap();
+        let (out, filler) = sync_filling_the_disk(env, fs, &front, &hexes);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

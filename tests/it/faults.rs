@@ -56,49 +56,39 @@ impl Setup {
     fn all_specs(&self) -> Vec<&demo::GeneratedSpec> {
         self.cache.specs.iter().collect()
     }
+
+    /// Applies `kind` once to the leaf's tarball, syncs, and checks the mirror is complete and
+    /// the tarball took exactly two requests, the second resuming at `offset`.
+    fn resumes_after(&self, kind: BodyFaultKind, offset: u64) -> std::process::Output {
+        let hex = self.leaf().tarball.hex().to_owned();
+        self.front.inject_body_fault(&hex, kind, 1);
+        let out = self.env.sync();
+        assert!(out.status.success(), "{}", text(&out));
+        check_mirror(&self.env.root(), &self.all_specs());
+        let reqs = self.blob_requests(&hex);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert_eq!(reqs[0].range, None);
+        assert_eq!(reqs[1].range, Some(format!("bytes={offset}-")));
+        out
+    }
 }
 
 #[test]
 fn a_body_cut_short_is_resumed_with_a_range_request() {
     let s = setup("faults/cut", 901, FrontOptions::default());
-    let hex = s.leaf().tarball.hex().to_owned();
-    s.front
-        .inject_body_fault(&hex, BodyFaultKind::Truncate(100_000), 1);
-    let out = s.env.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    check_mirror(&s.env.root(), &s.all_specs());
-    let reqs = s.blob_requests(&hex);
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[0].range, None);
-    assert_eq!(reqs[1].range.as_deref(), Some("bytes=100000-"));
+    s.resumes_after(BodyFaultKind::Truncate(100_000), 100_000);
 }
 
 #[test]
 fn a_body_that_ends_short_without_error_is_resumed() {
     let s = setup("faults/short", 913, FrontOptions::default());
-    let hex = s.leaf().tarball.hex().to_owned();
-    s.front
-        .inject_body_fault(&hex, BodyFaultKind::EndEarly(70_000), 1);
-    let out = s.env.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    check_mirror(&s.env.root(), &s.all_specs());
-    let reqs = s.blob_requests(&hex);
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[1].range.as_deref(), Some("bytes=70000-"));
+    s.resumes_after(BodyFaultKind::EndEarly(70_000), 70_000);
 }
 
 #[test]
 fn a_stalled_body_is_abandoned_and_resumed() {
     let s = setup("faults/stall", 902, FrontOptions::default());
-    let hex = s.leaf().tarball.hex().to_owned();
-    s.front
-        .inject_body_fault(&hex, BodyFaultKind::Stall(50_000), 1);
-    let out = s.env.sync();
-    assert!(out.status.success(), "{}", text(&out));
-    check_mirror(&s.env.root(), &s.all_specs());
-    let reqs = s.blob_requests(&hex);
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[1].range.as_deref(), Some("bytes=50000-"));
+    let out = s.resumes_after(BodyFaultKind::Stall(50_000), 50_000);
     assert!(String::from_utf8_lossy(&out.stderr).contains("stalled"));
 }
 
