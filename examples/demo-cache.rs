@@ -12,8 +12,8 @@
 
 use std::process::ExitCode;
 
-use spack_mirrord::config::Credentials;
 use spack_mirrord::demo;
+use spack_mirrord::model::Credentials;
 use spack_mirrord::model::RepoRef;
 use spack_mirrord::registry::RegistryClient;
 

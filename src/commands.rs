@@ -18,9 +18,12 @@ use crate::error::{Error, exit};
 use crate::lock;
 use crate::logging;
 use crate::mirror::Mirror;
-use crate::status::{StatusReport, human_bytes};
-use crate::store::{Outcome, Store};
-use crate::sync::{self, Trigger};
+use crate::model::Outcome;
+use crate::model::Trigger;
+use crate::model::{ByteSize, ProblemKind};
+use crate::status::StatusReport;
+use crate::store::Store;
+use crate::sync;
 use crate::verify::VerifyReport;
 
 /// Runs the command; `Ok` carries the exit code of a command that ran.
@@ -168,7 +171,7 @@ fn sync_line(report: &sync::Report) -> String {
         c.specs_failed,
         c.specs_skipped,
         c.blobs_fetched,
-        human_bytes(c.bytes_fetched),
+        ByteSize(c.bytes_fetched),
         // Display only: a run's milliseconds fit an f64 exactly for any realistic length.
         f64::from(u32::try_from(report.elapsed_ms).unwrap_or(u32::MAX)) / 1000.0,
     )
@@ -179,7 +182,7 @@ fn print_sync_problems(report: &sync::Report) {
     for p in report
         .problems
         .iter()
-        .filter(|p| p.kind == "failed")
+        .filter(|p| p.kind == ProblemKind::Failed)
         .take(10)
     {
         eprintln!("failed: {}: {}", p.tag, p.message);

@@ -4,7 +4,6 @@
 //! `validate` turns the result into a `Config`. This is the only module that reads the
 //! environment.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::RepoRef;
+use crate::model::{CaPem, Credentials, Network, RepoRef, Secret};
 
 /// Where the configuration comes from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/spack-mirrord/config.toml";
@@ -187,70 +186,11 @@ impl Default for FileLog {
     }
 }
 
-/// A secret that never shows in `Debug`, logs or `config check`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// How the registry is asked for a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    Anonymous,
-    Basic {
-        username: String,
-        password: Secret,
-        /// Where the password came from, for `config check` and error messages.
-        origin: String,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// How the registry is talked to: retries, timeouts, pacing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Network {
-    /// Attempts per request, the first included, on transient failures.
-    pub max_attempts: u32,
-    /// Limit for one small request (tag page, manifest, config), start to end.
-    pub request_timeout: Duration,
-    /// A blob download that receives no byte for this long is aborted and resumed.
-    pub stall_timeout: Duration,
-    /// Requests per second to the registry, at most (`None`: no limit).
-    pub max_requests_per_second: Option<f64>,
-    /// `source.ca_file`, read and checked by `load`.
-    pub ca_pem: Option<crate::tls::CaPem>,
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            request_timeout: Duration::from_secs(60),
-            stall_timeout: Duration::from_secs(30),
-            max_requests_per_second: None,
-            ca_pem: None,
-        }
-    }
 }
 
 /// How a source stores its files.
@@ -357,7 +297,7 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     let github_token = std::env::var("GITHUB_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
-        .map(Secret);
+        .map(Secret::new);
     let mut file = file;
     read_repository_lists(path, &mut file)?;
     let mut passwords = Vec::new();
@@ -423,7 +363,7 @@ fn docker_credentials(
 }
 
 /// Reads and checks a source's `ca_file`.
-fn read_ca(path: &Path, ca: &Path) -> Result<crate::tls::CaPem, Error> {
+fn read_ca(path: &Path, ca: &Path) -> Result<CaPem, Error> {
     let key_err = |reason: String| Error::Key {
         path: path.to_owned(),
         key: "source.ca_file".to_owned(),
@@ -435,7 +375,7 @@ fn read_ca(path: &Path, ca: &Path) -> Result<crate::tls::CaPem, Error> {
             ca.display()
         ))
     })?;
-    crate::tls::CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
+    CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
 }
 
 /// Appends the entries of each source's `repositories_file` to its `repositories`.
@@ -641,7 +581,7 @@ fn credentials(
     Ok(match (username, password) {
         (Some(username), Some((file, password))) => Credentials::Basic {
             username,
-            password: Secret(password),
+            password: Secret::new(password),
             origin: format!("{key}.password_file {}", file.display()),
         },
         (None, Some(_)) => {
@@ -1058,7 +998,7 @@ mod tests {
     #[test]
     fn github_token_is_used_for_ghcr_only_and_never_shown() {
         let ambient = Ambient {
-            github_token: Some(Secret("ghp_secret".to_owned())),
+            github_token: Some(Secret::new("ghp_secret".to_owned())),
             ..Ambient::default()
         };
         let p = Path::new("/c.toml");
@@ -1077,11 +1017,11 @@ mod tests {
     fn docker_credentials_come_after_the_config_and_github_token() {
         let found = crate::credentials::Found {
             username: "dockeruser".to_owned(),
-            password: Secret("docker_secret".to_owned()),
+            password: Secret::new("docker_secret".to_owned()),
             origin: "docker config /h/.docker/config.json (auths)".to_owned(),
         };
         let ambient = Ambient {
-            github_token: Some(Secret("ghp_secret".to_owned())),
+            github_token: Some(Secret::new("ghp_secret".to_owned())),
             docker: [
                 ("ghcr.io".to_owned(), found.clone()),
                 ("quay.io".to_owned(), found),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::model::Secret;
 
 /// How long a credential helper may take to answer.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);

@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::lock::{self, PidFile, RunLock};
-use crate::status::human_bytes;
-use crate::store::{Outcome, Store};
-use crate::sync::{self, Progress, Trigger};
+use crate::model::Outcome;
+use crate::model::Trigger;
+use crate::model::{ByteSize, Timestamp};
+use crate::store::Store;
+use crate::sync::{self, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -144,7 +146,7 @@ async fn run_once(
     };
     match report {
         Ok(r) => {
-            let when = crate::status::rfc3339(chrono::Utc::now().timestamp());
+            let when = Timestamp::now();
             let text = match r.outcome {
                 Outcome::Success => format!("last run success at {when}"),
                 o => format!(
@@ -176,8 +178,8 @@ pub fn progress_text(p: &Progress) -> String {
         "syncing {}/{} blobs, {} of {}",
         p.blobs_done,
         p.blobs_total,
-        human_bytes(p.bytes_done),
-        human_bytes(p.bytes_total)
+        ByteSize(p.bytes_done),
+        ByteSize(p.bytes_total)
     )
 }
 

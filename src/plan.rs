@@ -19,7 +19,7 @@ pub struct SyncPlan {
     /// missing from the mirror.
     pub fetch: Vec<Tag>,
     /// Known, intact spec tags whose manifest digest is to be re-checked (`--full`).
-    pub recheck: Vec<(Tag, String)>,
+    pub recheck: Vec<(Tag, Digest)>,
     /// Known, intact spec tags that need no request.
     pub keep: Vec<Tag>,
     /// Whether the registry has an `index.spack` tag.
@@ -209,7 +209,7 @@ mod tests {
 
     fn known(digest: &str) -> KnownTag {
         KnownTag {
-            manifest_digest: Some(digest.to_owned()),
+            manifest_digest: Some(Digest::of(digest.as_bytes())),
             spec_hash: Some("h".repeat(32)),
         }
     }

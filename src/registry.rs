@@ -18,8 +18,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK};
 use tokio::sync::RwLock;
 
-use crate::config::{Credentials, Network};
-use crate::model::{Digest, RepoRef, Scheme};
+use crate::model::{Credentials, Digest, Network, RepoRef, Scheme};
 
 /// Manifest media types we ask for. Index types are asked for too, so that a tag pointing
 /// at an index is seen and refused with a clear message instead of a 404.

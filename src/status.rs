@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::lock;
-use crate::store::{self, Outcome, Store};
+use crate::model::{ByteSize, Outcome, ProblemKind, Timestamp, Trigger};
+use crate::store::{self, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -26,10 +27,10 @@ pub struct MirrorTotals {
 pub struct LastRun {
     pub id: i64,
     pub outcome: Outcome,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub pid: i64,
-    pub started_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
     pub specs_total: u64,
     pub specs_fetched: u64,
     pub specs_failed: u64,
@@ -62,16 +63,8 @@ pub struct SourceItem {
 pub struct ProblemItem {
     pub source: String,
     pub tag: String,
-    pub kind: String,
+    pub kind: ProblemKind,
     pub message: String,
-}
-
-/// RFC 3339 UTC with whole seconds, e.g. `2026-11-26T12:00:00Z`.
-pub fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0).map_or_else(
-        || secs.to_string(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
 }
 
 impl StatusReport {
@@ -95,8 +88,8 @@ impl StatusReport {
                 outcome: r.outcome,
                 trigger: r.trigger,
                 pid: r.pid,
-                started_at: rfc3339(r.started_at),
-                finished_at: r.finished_at.map(rfc3339),
+                started_at: Timestamp(r.started_at),
+                finished_at: r.finished_at.map(Timestamp),
                 specs_total: r.counts.specs_total,
                 specs_fetched: r.counts.specs_fetched,
                 specs_failed: r.counts.specs_failed,
@@ -144,24 +137,6 @@ impl StatusReport {
     }
 }
 
-/// Bytes for people: `1.2 GB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut unit = 0;
-    let mut whole = n;
-    let mut tenths = 0;
-    while whole >= 1000 && unit < UNITS.len() - 1 {
-        tenths = (whole % 1000) / 100;
-        whole /= 1000;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{whole}.{tenths} {}", UNITS[unit])
-    }
-}
-
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.mirror;
@@ -170,7 +145,7 @@ impl fmt::Display for StatusReport {
             "mirror    {} ({} specs, {})",
             m.root.display(),
             m.specs,
-            human_bytes(m.bytes)
+            ByteSize(m.bytes)
         )?;
         let Some(r) = &self.last_run else {
             return writeln!(
@@ -197,7 +172,7 @@ impl fmt::Display for StatusReport {
             r.specs_failed,
             r.specs_skipped,
             r.blobs_fetched,
-            human_bytes(r.bytes_fetched)
+            ByteSize(r.bytes_fetched)
         )?;
         if let Some(e) = &r.error {
             writeln!(f, "error     {e}")?;
@@ -237,18 +212,6 @@ impl fmt::Display for StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_rfc3339_utc_seconds() {
-        assert_eq!(rfc3339(1_795_694_400), "2026-11-26T12:00:00Z");
-    }
-
-    #[test]
-    fn bytes_read_as_people_write_them() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_250_000), "1.2 MB");
-        assert_eq!(human_bytes(2_100_000_000), "2.1 GB");
-    }
 
     #[test]
     fn before_any_run_the_report_is_empty_but_names_the_root() {

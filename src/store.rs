@@ -7,12 +7,15 @@
 //! `synchronous=NORMAL`), so async callers invoke them directly between awaits.
 
 mod migrate;
+mod sql;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::model::{Digest, FileKind, ListedKind, Outcome, ProblemKind, RunCounts, Trigger};
 
 pub use migrate::latest as schema_version;
 
@@ -54,55 +57,10 @@ impl Error {
     }
 }
 
-/// How a run ended (decisions.md 11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Running,
-    Success,
-    Partial,
-    Failed,
-    Cancelled,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Success => "success",
-            Self::Partial => "partial",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "running" => Self::Running,
-            "success" => Self::Success,
-            "partial" => Self::Partial,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Failed,
-        }
-    }
-}
-
-/// The counters of a run, updated as it goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RunCounts {
-    pub specs_total: u64,
-    pub specs_fetched: u64,
-    pub specs_failed: u64,
-    pub specs_skipped: u64,
-    pub tags_ignored: u64,
-    pub blobs_fetched: u64,
-    pub bytes_fetched: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRow {
     pub id: i64,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub pid: i64,
     pub started_at: i64,
     pub finished_at: Option<i64>,
@@ -115,7 +73,7 @@ pub struct RunRow {
 pub struct Problem {
     pub source: String,
     pub tag: String,
-    pub kind: String,
+    pub kind: ProblemKind,
     pub message: String,
 }
 
@@ -131,7 +89,7 @@ pub struct RunSourceRow {
 /// A tag as the ledger last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownTag {
-    pub manifest_digest: Option<String>,
+    pub manifest_digest: Option<Digest>,
     pub spec_hash: Option<String>,
 }
 
@@ -139,7 +97,7 @@ pub struct KnownTag {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrasArtifact {
     /// The manifest digest whose files were published (`None`: listed, never published).
-    pub manifest_digest: Option<String>,
+    pub manifest_digest: Option<Digest>,
     /// The paths it wrote under the mirror root.
     pub paths: Vec<String>,
 }
@@ -153,8 +111,8 @@ pub struct SpecRow {
     pub arch: String,
     pub tag: String,
     pub manifest_path: String,
-    pub tarball_digest: String,
-    pub spec_digest: String,
+    pub tarball_digest: Digest,
+    pub spec_digest: Digest,
     pub spec_json: String,
     /// Dag hashes that must be in the mirror for this spec to install.
     pub requires: Vec<String>,
@@ -166,16 +124,16 @@ pub struct SpecRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
     pub path: String,
-    pub kind: String,
-    pub digest: String,
+    pub kind: FileKind,
+    pub digest: Digest,
     pub size: u64,
 }
 
 /// The registry's `index.spack` as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryIndexRow {
-    pub manifest_digest: String,
-    pub blob_digest: String,
+    pub manifest_digest: Digest,
+    pub blob_digest: Digest,
     pub blob_size: u64,
     pub db_version: Option<String>,
     pub in_buildcache: Vec<String>,
@@ -250,7 +208,7 @@ impl Store {
     /// "interrupted" first.
     pub fn start_run(
         &self,
-        trigger: &str,
+        trigger: Trigger,
         pid: u32,
         now: i64,
         is_alive: impl Fn(i64) -> bool,
@@ -311,7 +269,7 @@ impl Store {
         self.update_counts(run_id, counts)?;
         self.conn.execute(
             "UPDATE runs SET outcome = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
-            params![run_id, outcome.as_str(), error, now],
+            params![run_id, outcome, error, now],
         )?;
         Ok(())
     }
@@ -321,7 +279,7 @@ impl Store {
         run_id: i64,
         source: &str,
         tag: &str,
-        kind: &str,
+        kind: ProblemKind,
         message: &str,
     ) -> Result<(), Error> {
         self.conn.execute(
@@ -410,7 +368,7 @@ impl Store {
                         pid: r.get(2)?,
                         started_at: r.get(3)?,
                         finished_at: r.get(4)?,
-                        outcome: Outcome::parse(&r.get::<_, String>(5)?),
+                        outcome: r.get(5)?,
                         error: r.get(6)?,
                         counts: RunCounts {
                             specs_total: to_u64(r.get(7)?),
@@ -482,7 +440,7 @@ impl Store {
         &mut self,
         run_id: i64,
         source: &str,
-        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+        tags: impl IntoIterator<Item = (&'a str, ListedKind)>,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
         {
@@ -571,7 +529,7 @@ impl Store {
         run_id: i64,
         source: &str,
         spec: &SpecRow,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
         manifest_file: &FileRow,
         now: i64,
     ) -> Result<(), Error> {
@@ -621,7 +579,7 @@ impl Store {
             "SELECT tag, manifest_digest FROM source_tags WHERE source = ?1 AND kind = 'oras'",
         )?;
         for row in stmt.query_map([source], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<Digest>>(1)?))
         })? {
             let (repository, manifest_digest) = row?;
             out.insert(
@@ -653,7 +611,7 @@ impl Store {
         run_id: i64,
         source: &str,
         repository: &str,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
         paths: &[String],
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
@@ -681,7 +639,7 @@ impl Store {
     /// Notes that the download of `digest` is kept at `path` with `offset` bytes.
     pub fn record_partial(
         &self,
-        digest: &str,
+        digest: &Digest,
         path: &str,
         offset: u64,
         now: i64,
@@ -695,16 +653,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn forget_partial(&self, digest: &str) -> Result<(), Error> {
+    pub fn forget_partial(&self, digest: &Digest) -> Result<(), Error> {
         self.conn
             .execute("DELETE FROM partials WHERE digest = ?1", [digest])?;
         Ok(())
     }
 
     /// Kept downloads: digest → offset.
-    pub fn partials(&self) -> Result<HashMap<String, u64>, Error> {
+    pub fn partials(&self) -> Result<HashMap<Digest, u64>, Error> {
         let mut stmt = self.conn.prepare("SELECT digest, offset FROM partials")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Digest>(0)?, to_u64(r.get(1)?))))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -714,7 +672,7 @@ impl Store {
         run_id: i64,
         source: &str,
         tag: &str,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
         spec_hash: &str,
     ) -> Result<(), Error> {
         self.conn.execute(
@@ -822,11 +780,15 @@ fn restrict_db_mode(path: &Path) {
 mod tests {
     use super::*;
 
+    fn d(text: &str) -> Digest {
+        Digest::of(text.as_bytes())
+    }
+
     fn file(path: &str, size: u64) -> FileRow {
         FileRow {
             path: path.to_owned(),
-            kind: "tarball".to_owned(),
-            digest: format!("sha256:{}", "a".repeat(64)),
+            kind: FileKind::Tarball,
+            digest: d("a"),
             size,
         }
     }
@@ -834,7 +796,7 @@ mod tests {
     #[test]
     fn a_run_records_outcome_and_counts() {
         let s = Store::open_in_memory().unwrap();
-        let id = s.start_run("manual", 42, 100, |_| true).unwrap();
+        let id = s.start_run(Trigger::Manual, 42, 100, |_| true).unwrap();
         let running = s.last_run(|_| true).unwrap().unwrap();
         assert_eq!(running.outcome, Outcome::Running);
         let counts = RunCounts {
@@ -854,11 +816,12 @@ mod tests {
     #[test]
     fn a_running_row_of_a_dead_process_reads_as_interrupted_and_is_closed_by_the_next_writer() {
         let s = Store::open_in_memory().unwrap();
-        s.start_run("manual", 7, 100, |_| true).unwrap();
+        s.start_run(Trigger::Manual, 7, 100, |_| true).unwrap();
         let run = s.last_run(|_| false).unwrap().unwrap();
         assert_eq!(run.outcome, Outcome::Failed);
         assert_eq!(run.error.as_deref(), Some("interrupted"));
-        s.start_run("manual", 8, 150, |pid| pid == 8).unwrap();
+        s.start_run(Trigger::Manual, 8, 150, |pid| pid == 8)
+            .unwrap();
         let mut stmt = s
             .conn
             .prepare("SELECT outcome, error FROM runs WHERE pid = 7")
@@ -870,18 +833,21 @@ mod tests {
     #[test]
     fn oras_artifacts_remember_their_digest_and_paths_per_source() {
         let mut s = Store::open_in_memory().unwrap();
-        let id = s.start_run("manual", 1, 1, |_| true).unwrap();
+        let id = s.start_run(Trigger::Manual, 1, 1, |_| true).unwrap();
         s.touch_tags(
             id,
             "o",
-            [("build_cache/a", "oras"), ("build_cache/b", "oras")],
+            [
+                ("build_cache/a", ListedKind::Oras),
+                ("build_cache/b", ListedKind::Oras),
+            ],
         )
         .unwrap();
         s.record_oras_artifact(
             id,
             "o",
             "build_cache/a",
-            "sha256:m1",
+            &d("m1"),
             &["build_cache/a".to_owned()],
         )
         .unwrap();
@@ -889,7 +855,7 @@ mod tests {
             id,
             "o",
             "build_cache/a",
-            "sha256:m2",
+            &d("m2"),
             &["build_cache/a".to_owned(), "build_cache/a.sig".to_owned()],
         )
         .unwrap();
@@ -898,7 +864,7 @@ mod tests {
         assert_eq!(
             known["build_cache/a"],
             OrasArtifact {
-                manifest_digest: Some("sha256:m2".to_owned()),
+                manifest_digest: Some(d("m2")),
                 paths: vec!["build_cache/a".to_owned(), "build_cache/a.sig".to_owned()],
             }
         );
@@ -909,7 +875,7 @@ mod tests {
     #[test]
     fn totals_count_specs_and_file_bytes() {
         let mut s = Store::open_in_memory().unwrap();
-        let id = s.start_run("manual", 1, 1, |_| true).unwrap();
+        let id = s.start_run(Trigger::Manual, 1, 1, |_| true).unwrap();
         s.record_file(id, &file("blobs/sha256/aa/x", 100), 1)
             .unwrap();
         s.record_file(id, &file("blobs/sha256/aa/x", 100), 2)
@@ -921,8 +887,8 @@ mod tests {
             arch: "linux-debian12-x86_64".to_owned(),
             tag: "zlib-1-h.spack".to_owned(),
             manifest_path: "v3/manifests/spec/zlib/m".to_owned(),
-            tarball_digest: "t".to_owned(),
-            spec_digest: "s".to_owned(),
+            tarball_digest: d("t"),
+            spec_digest: d("s"),
             spec_json: "{}".to_owned(),
             requires: vec!["r".repeat(32)],
             source: "main".to_owned(),
@@ -931,7 +897,7 @@ mod tests {
             id,
             "main",
             &spec,
-            "sha256:m",
+            &d("m"),
             &file("v3/manifests/spec/zlib/m", 5),
             3,
         )
@@ -949,13 +915,10 @@ mod tests {
     #[test]
     fn partials_are_recorded_updated_and_forgotten() {
         let s = Store::open_in_memory().unwrap();
-        s.record_partial("sha256:a", "/s/a.partial", 10, 1).unwrap();
-        s.record_partial("sha256:a", "/s/a.partial", 20, 2).unwrap();
-        assert_eq!(
-            s.partials().unwrap(),
-            HashMap::from([("sha256:a".to_owned(), 20)])
-        );
-        s.forget_partial("sha256:a").unwrap();
+        s.record_partial(&d("a"), "/s/a.partial", 10, 1).unwrap();
+        s.record_partial(&d("a"), "/s/a.partial", 20, 2).unwrap();
+        assert_eq!(s.partials().unwrap(), HashMap::from([(d("a"), 20)]));
+        s.forget_partial(&d("a")).unwrap();
         assert!(s.partials().unwrap().is_empty());
     }
 
@@ -964,8 +927,8 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         assert!(s.registry_index("a").unwrap().is_none());
         let row = RegistryIndexRow {
-            manifest_digest: "m".to_owned(),
-            blob_digest: "b".to_owned(),
+            manifest_digest: d("m"),
+            blob_digest: d("b"),
             blob_size: 9,
             db_version: Some("8".to_owned()),
             in_buildcache: vec!["a".to_owned(), "b".to_owned()],

@@ -34,12 +34,13 @@ use crate::config::Config;
 pub use crate::error::error_chain;
 use crate::lock::{self, RunLock};
 use crate::mirror::{self, Mirror};
-use crate::model::{Digest, Tag};
+use crate::model::{
+    ByteSize, Digest, FileKind, ListedKind, Outcome, ProblemKind, RunCounts, Tag, Trigger,
+};
 use crate::plan::{self, IndexSource, RegistryIndex};
 use crate::registry::{self, RegistryClient};
 use crate::spack::{self, ConfigVerdict, SpecConfig, SpecImage};
-use crate::status::human_bytes;
-use crate::store::{self, FileRow, Outcome, RegistryIndexRow, RunCounts, SpecRow, Store};
+use crate::store::{self, FileRow, RegistryIndexRow, SpecRow, Store};
 
 /// Largest config blob accepted (a spec with its whole DAG).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
@@ -57,24 +58,6 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Mirror(#[from] mirror::Error),
-}
-
-/// Why a run started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Manual,
-    Schedule,
-    Start,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Manual => "manual",
-            Self::Schedule => "schedule",
-            Self::Start => "start",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -188,12 +171,7 @@ pub async fn run(
 ) -> Result<Report, Error> {
     let started = Instant::now();
     let store = Store::open(&config.state_dir)?;
-    let run_id = store.start_run(
-        opts.trigger.as_str(),
-        std::process::id(),
-        now(),
-        lock::process_alive,
-    )?;
+    let run_id = store.start_run(opts.trigger, std::process::id(), now(), lock::process_alive)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());
     let _enter = span.enter();
     tracing::info!(
@@ -378,8 +356,13 @@ impl Run<'_> {
         tracing::warn!(source = %source.config.name, tag, error = message, "spec failed");
         self.counts.specs_failed += 1;
         source.counts.specs_failed += 1;
-        self.store
-            .record_problem(self.run_id, &source.config.name, tag, "failed", message)?;
+        self.store.record_problem(
+            self.run_id,
+            &source.config.name,
+            tag,
+            ProblemKind::Failed,
+            message,
+        )?;
         self.store.update_counts(self.run_id, &self.counts)?;
         Ok(())
     }
@@ -389,8 +372,13 @@ impl Run<'_> {
         tracing::warn!(source = %source.config.name, tag, reason, "tag skipped: not a usable spec");
         self.counts.specs_skipped += 1;
         source.counts.specs_skipped += 1;
-        self.store
-            .record_problem(self.run_id, &source.config.name, tag, "skipped", reason)?;
+        self.store.record_problem(
+            self.run_id,
+            &source.config.name,
+            tag,
+            ProblemKind::Skipped,
+            reason,
+        )?;
         Ok(())
     }
 
@@ -408,7 +396,7 @@ impl Run<'_> {
                     self.run_id,
                     source,
                     c.tag.as_str(),
-                    c.manifest_digest.as_str(),
+                    &c.manifest_digest,
                     &c.spec.hash,
                 )?;
                 tracing::debug!(source = %source, tag = %c.tag, "spec also listed by another source");
@@ -477,14 +465,14 @@ impl Run<'_> {
     fn record_file(
         &mut self,
         path: &str,
-        kind: &str,
+        kind: FileKind,
         digest: &Digest,
         size: u64,
     ) -> Result<(), Fatal> {
         let row = FileRow {
             path: path.to_owned(),
-            kind: kind.to_owned(),
-            digest: digest.to_string(),
+            kind,
+            digest: digest.clone(),
             size,
         };
         self.store.record_file(self.run_id, &row, now())?;
@@ -499,10 +487,8 @@ impl Run<'_> {
             .iter()
             .filter(|s| {
                 self.is_intact(&s.manifest_path)
-                    && Digest::from_str_opt(&s.tarball_digest)
-                        .is_some_and(|d| self.is_intact(&spack::blob_path(&d)))
-                    && Digest::from_str_opt(&s.spec_digest)
-                        .is_some_and(|d| self.is_intact(&spack::blob_path(&d)))
+                    && self.is_intact(&spack::blob_path(&s.tarball_digest))
+                    && self.is_intact(&spack::blob_path(&s.spec_digest))
             })
             .collect();
 
@@ -609,19 +595,19 @@ impl Run<'_> {
         for tag in &plan.ignored {
             tracing::debug!(tag, "tag ignored: neither a spec nor the index");
         }
-        let mut seen: Vec<(&str, &str)> = plan
+        let mut seen: Vec<(&str, ListedKind)> = plan
             .spec_tags
             .iter()
-            .map(|t| (t.as_str(), "spec"))
+            .map(|t| (t.as_str(), ListedKind::Spec))
             .collect();
         if plan.has_index {
-            seen.push((spack::INDEX_TAG, "index"));
+            seen.push((spack::INDEX_TAG, ListedKind::Index));
         }
         seen.extend(
             plan.ignored
                 .iter()
                 .filter(|t| t.parse::<Tag>().is_ok())
-                .map(|t| (t.as_str(), "other")),
+                .map(|t| (t.as_str(), ListedKind::Other)),
         );
         self.store.touch_tags(self.run_id, &name, seen)?;
         self.store.update_counts(self.run_id, &self.counts)?;
@@ -647,7 +633,7 @@ impl Run<'_> {
             let len = spack::LAYOUT_JSON.len() as u64;
             self.record_file(
                 spack::LAYOUT_JSON_PATH,
-                "layout",
+                FileKind::Layout,
                 &Digest::of(spack::LAYOUT_JSON),
                 len,
             )?;
@@ -662,7 +648,7 @@ impl Run<'_> {
             if let Err(e) = self.mirror.discard_partial(digest) {
                 tracing::warn!(digest = %digest, error = &e as &dyn std::error::Error, "cannot remove a kept download");
             }
-            if let Err(e) = self.store.forget_partial(digest.as_str()) {
+            if let Err(e) = self.store.forget_partial(digest) {
                 tracing::warn!(digest = %digest, error = &e as &dyn std::error::Error, "cannot forget a kept download");
             }
         }
@@ -674,7 +660,7 @@ impl Run<'_> {
         &mut self,
         src: usize,
         path: &str,
-        kind: &str,
+        kind: FileKind,
         digest: &Digest,
         size: u64,
     ) -> Result<(), Fatal> {
@@ -683,9 +669,9 @@ impl Run<'_> {
         self.sources[src].counts.blobs_fetched += 1;
         self.sources[src].counts.bytes_fetched += size;
         self.record_file(path, kind, digest, size)?;
-        self.store.forget_partial(digest.as_str())?;
+        self.store.forget_partial(digest)?;
         self.store.update_counts(self.run_id, &self.counts)?;
-        tracing::debug!(path, kind, digest = %digest, bytes = size, "download stored");
+        tracing::debug!(path, kind = %kind, digest = %digest, bytes = size, "download stored");
         self.report_progress(|p| {
             p.blobs_done += 1;
             p.bytes_done += size;
@@ -697,13 +683,10 @@ impl Run<'_> {
     fn note_partial(&self, digest: &Digest) -> Result<(), Fatal> {
         let path = self.mirror.partial_path(digest)?;
         match std::fs::metadata(&path) {
-            Ok(m) => self.store.record_partial(
-                digest.as_str(),
-                &path.to_string_lossy(),
-                m.len(),
-                now(),
-            )?,
-            Err(_) => self.store.forget_partial(digest.as_str())?,
+            Ok(m) => self
+                .store
+                .record_partial(digest, &path.to_string_lossy(), m.len(), now())?,
+            Err(_) => self.store.forget_partial(digest)?,
         }
         Ok(())
     }
@@ -715,17 +698,17 @@ impl Run<'_> {
         let known = self.store.partials()?;
         let on_disk = self.mirror.partials();
         for (digest, len) in &on_disk {
-            if known.contains_key(digest.as_str()) {
+            if known.contains_key(digest) {
                 let path = self.mirror.partial_path(digest)?;
                 self.store
-                    .record_partial(digest.as_str(), &path.to_string_lossy(), *len, now())?;
+                    .record_partial(digest, &path.to_string_lossy(), *len, now())?;
                 tracing::debug!(digest = %digest, kept = len, "interrupted download will resume");
             } else {
                 self.mirror.discard_partial(digest)?;
             }
         }
         for digest in known.keys() {
-            if !on_disk.iter().any(|(d, _)| d.as_str() == digest) {
+            if !on_disk.iter().any(|(d, _)| d == digest) {
                 self.store.forget_partial(digest)?;
             }
         }
@@ -733,7 +716,7 @@ impl Run<'_> {
     }
 
     /// `--full`: HEAD every known tag; those whose digest moved are fetched again.
-    async fn recheck(&mut self, src: usize, tags: Vec<(Tag, String)>) -> Result<Vec<Tag>, Fatal> {
+    async fn recheck(&mut self, src: usize, tags: Vec<(Tag, Digest)>) -> Result<Vec<Tag>, Fatal> {
         let registry = Arc::clone(&self.sources[src].registry);
         let mut results = futures_util::stream::iter(tags)
             .map(move |(tag, digest)| {
@@ -749,7 +732,7 @@ impl Run<'_> {
             self.cancel.run_until_cancelled(results.next()).await
         {
             match now {
-                Ok(Some(d)) if d.as_str() == old => {}
+                Ok(Some(d)) if d == old => {}
                 Ok(_) => changed.push(tag),
                 Err(e) => self.fail_item(src, tag.as_str(), &error_chain(&e))?,
             }
@@ -871,8 +854,8 @@ impl Run<'_> {
                 "not enough space on the filesystem of {keys} ({}): {} needed with margin, {} available; \
                  nothing was downloaded: free space there or move {keys}",
                 s.path.display(),
-                human_bytes(s.needed),
-                human_bytes(s.available),
+                ByteSize(s.needed),
+                ByteSize(s.available),
             ))
         })
     }
@@ -907,7 +890,7 @@ impl Run<'_> {
             let path = self.mirror.partial_path(&d.digest)?;
             let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.store
-                .record_partial(d.digest.as_str(), &path.to_string_lossy(), kept, now())?;
+                .record_partial(&d.digest, &path.to_string_lossy(), kept, now())?;
         }
         // Each tarball comes from the first source that listed it.
         let mut from: HashMap<Digest, usize> = HashMap::new();
@@ -941,7 +924,7 @@ impl Run<'_> {
                     self.downloaded(
                         src,
                         &spack::blob_path(&d.digest),
-                        "tarball",
+                        FileKind::Tarball,
                         &d.digest,
                         size,
                     )?;
@@ -970,7 +953,7 @@ impl Run<'_> {
             let path = spack::blob_path(&digest);
             if !self.is_intact(&path) {
                 self.mirror.write_file(&path, &blob).await?;
-                self.record_file(&path, "spec_blob", &digest, blob.len() as u64)?;
+                self.record_file(&path, FileKind::SpecBlob, &digest, blob.len() as u64)?;
             }
             ready.push((c, digest));
         }
@@ -998,7 +981,7 @@ impl Run<'_> {
             && self
                 .files
                 .get(&manifest_path)
-                .is_some_and(|f| f.digest == manifest_digest.as_str());
+                .is_some_and(|f| f.digest == manifest_digest);
         if !unchanged {
             self.mirror.write_file(&manifest_path, &manifest).await?;
         }
@@ -1009,23 +992,23 @@ impl Run<'_> {
             arch: spec.arch.clone(),
             tag: c.tag.to_string(),
             manifest_path: manifest_path.clone(),
-            tarball_digest: c.image.tarball.digest.to_string(),
-            spec_digest: spec_digest.to_string(),
+            tarball_digest: c.image.tarball.digest.clone(),
+            spec_digest: spec_digest.clone(),
             spec_json: spec.spec_json.clone(),
             requires: spec.requires.clone(),
             source: self.sources[c.source].config.name.clone(),
         };
         let file = FileRow {
             path: manifest_path.clone(),
-            kind: "spec_manifest".to_owned(),
-            digest: manifest_digest.to_string(),
+            kind: FileKind::SpecManifest,
+            digest: manifest_digest.clone(),
             size: manifest.len() as u64,
         };
         self.store.record_spec(
             self.run_id,
             &row.source,
             &row,
-            c.manifest_digest.as_str(),
+            &c.manifest_digest,
             &file,
             now(),
         )?;
@@ -1053,10 +1036,7 @@ impl Run<'_> {
             }
         };
         let known = self.store.registry_index(&name)?;
-        if known
-            .as_ref()
-            .is_some_and(|k| k.manifest_digest == digest.as_str())
-        {
+        if known.as_ref().is_some_and(|k| k.manifest_digest == digest) {
             return Ok(None);
         }
         let layer = match spack::parse_index_manifest(&manifest) {
@@ -1086,8 +1066,8 @@ impl Run<'_> {
         self.store.set_registry_index(
             &name,
             &RegistryIndexRow {
-                manifest_digest: digest.to_string(),
-                blob_digest: layer.digest.to_string(),
+                manifest_digest: digest.clone(),
+                blob_digest: layer.digest.clone(),
                 blob_size: blob.len() as u64,
                 db_version: summary.as_ref().map(|s| s.db_version.clone()),
                 in_buildcache: summary
@@ -1116,13 +1096,11 @@ impl Run<'_> {
         };
         let registry_index = if let Some(src) = single {
             let name = self.sources[src].config.name.clone();
-            self.store.registry_index(&name)?.and_then(|r| {
-                Some(RegistryIndex {
-                    blob: r.blob_digest.parse().ok()?,
-                    size: r.blob_size,
-                    db_version: r.db_version,
-                    in_buildcache: r.in_buildcache.into_iter().collect(),
-                })
+            self.store.registry_index(&name)?.map(|r| RegistryIndex {
+                blob: r.blob_digest,
+                size: r.blob_size,
+                db_version: r.db_version,
+                in_buildcache: r.in_buildcache.into_iter().collect(),
             })
         } else {
             None
@@ -1156,7 +1134,7 @@ impl Run<'_> {
         let blob_path = spack::blob_path(&blob_digest);
         if let Some(bytes) = blob {
             self.mirror.write_file(&blob_path, &bytes).await?;
-            self.record_file(&blob_path, "index_blob", &blob_digest, blob_size)?;
+            self.record_file(&blob_path, FileKind::IndexBlob, &blob_digest, blob_size)?;
         }
         let record = spack::BlobRecord {
             content_length: blob_size,
@@ -1171,19 +1149,19 @@ impl Run<'_> {
             && self
                 .files
                 .get(path)
-                .is_some_and(|f| f.digest == manifest_digest.as_str());
+                .is_some_and(|f| f.digest == manifest_digest);
         if unchanged {
             return Ok(());
         }
         self.mirror.write_file(path, &manifest).await?;
         self.record_file(
             path,
-            "index_manifest",
+            FileKind::IndexManifest,
             &manifest_digest,
             manifest.len() as u64,
         )?;
         // The blob is now the current one: it becomes the newest in the ledger.
-        self.record_file(&blob_path, "index_blob", &blob_digest, blob_size)?;
+        self.record_file(&blob_path, FileKind::IndexBlob, &blob_digest, blob_size)?;
         tracing::info!(specs = installable.len(), digest = %blob_digest, origin, "index published");
         for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
             self.mirror.remove(&stale).await?;
@@ -1372,10 +1350,4 @@ async fn receive(
         }));
     }
     Ok(())
-}
-
-impl Digest {
-    fn from_str_opt(s: &str) -> Option<Self> {
-        s.parse().ok()
-    }
 }

@@ -2,23 +2,9 @@
 //! `config::load`, added to both HTTP clients by `registry`), and the warning for plain HTTP
 //! to a registry that is not on this machine.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::model::{RepoRef, Scheme};
-
-/// The PEM certificates of `source.ca_file`, trusted in addition to the system's.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CaPem {
-    pub path: PathBuf,
-    pub pem: Vec<u8>,
-}
-
-impl fmt::Debug for CaPem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CaPem({})", self.path.display())
-    }
-}
+use crate::model::{CaPem, RepoRef, Scheme};
 
 impl CaPem {
     /// Checks that `pem` holds at least one PEM certificate; the error says what is wrong.

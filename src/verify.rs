@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 
-use crate::model::Digest;
+use crate::model::{Digest, FileKind};
 use crate::spack;
 use crate::store::{FileRow, SpecRow};
 
@@ -42,10 +42,10 @@ pub struct Observations {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Corrupt {
     pub path: String,
-    pub expected: String,
+    pub expected: Digest,
     pub expected_size: u64,
     /// `None` when the path holds something other than a regular file.
-    pub actual: Option<String>,
+    pub actual: Option<Digest>,
     pub actual_size: Option<u64>,
 }
 
@@ -129,12 +129,12 @@ pub fn build_report<S: BuildHasher>(
                 actual_size: None,
             }),
             Observed::File { size, digest } => {
-                if *size != row.size || digest.as_str() != row.digest {
+                if *size != row.size || *digest != row.digest {
                     report.corrupt.push(Corrupt {
                         path: row.path.clone(),
                         expected: row.digest.clone(),
                         expected_size: row.size,
-                        actual: Some(digest.to_string()),
+                        actual: Some(digest.clone()),
                         actual_size: Some(*size),
                     });
                 }
@@ -149,7 +149,7 @@ pub fn build_report<S: BuildHasher>(
         .collect();
     report.extra.sort();
 
-    let any_spec = !specs.is_empty() || files.values().any(|f| f.kind == "spec_manifest");
+    let any_spec = !specs.is_empty() || files.values().any(|f| f.kind == FileKind::SpecManifest);
     let checker = Checker { files, seen };
     let mut specs: Vec<&SpecRow> = specs.iter().collect();
     specs.sort_by(|a, b| a.manifest_path.cmp(&b.manifest_path));
@@ -245,7 +245,7 @@ impl fmt::Display for VerifyReport {
             f,
             "checked {} files ({}): {} missing, {} corrupt, {} extra, {} manifest {}",
             self.checked,
-            crate::status::human_bytes(self.bytes),
+            crate::model::ByteSize(self.bytes),
             self.missing.len(),
             self.corrupt.len(),
             self.extra.len(),
@@ -307,11 +307,11 @@ mod tests {
         manifest: String,
     }
 
-    fn row(path: &str, kind: &str, bytes: &[u8]) -> FileRow {
+    fn row(path: &str, kind: FileKind, bytes: &[u8]) -> FileRow {
         FileRow {
             path: path.to_owned(),
-            kind: kind.to_owned(),
-            digest: Digest::of(bytes).to_string(),
+            kind,
+            digest: Digest::of(bytes),
             size: bytes.len() as u64,
         }
     }
@@ -338,21 +338,21 @@ mod tests {
             &record(spec_bytes, spack::MEDIA_SPEC),
         );
         let index_manifest = spack::index_manifest(&record(index_bytes, spack::MEDIA_INDEX));
-        let contents: Vec<(&str, &str, &[u8])> = vec![
-            (&tarball, "tarball", tarball_bytes),
-            (&spec_blob, "spec_blob", spec_bytes),
-            (&manifest, "spec_manifest", &manifest_bytes),
-            (&index_blob, "index_blob", index_bytes),
+        let contents: Vec<(&str, FileKind, &[u8])> = vec![
+            (&tarball, FileKind::Tarball, tarball_bytes),
+            (&spec_blob, FileKind::SpecBlob, spec_bytes),
+            (&manifest, FileKind::SpecManifest, &manifest_bytes),
+            (&index_blob, FileKind::IndexBlob, index_bytes),
             (
                 spack::INDEX_MANIFEST_PATH,
-                "index_manifest",
+                FileKind::IndexManifest,
                 &index_manifest,
             ),
         ];
         let mut seen = Observations::default();
         let mut files = HashMap::new();
         for (path, kind, bytes) in &contents {
-            files.insert((*path).to_owned(), row(path, kind, bytes));
+            files.insert((*path).to_owned(), row(path, *kind, bytes));
             seen.files.insert(
                 (*path).to_owned(),
                 Observed::File {
@@ -373,8 +373,8 @@ mod tests {
             arch: "linux-debian12-x86_64".to_owned(),
             tag: "zlib-1-h.spack".to_owned(),
             manifest_path: manifest.clone(),
-            tarball_digest: Digest::of(tarball_bytes).to_string(),
-            spec_digest: Digest::of(spec_bytes).to_string(),
+            tarball_digest: Digest::of(tarball_bytes),
+            spec_digest: Digest::of(spec_bytes),
             spec_json: "{}".to_owned(),
             requires: Vec::new(),
             source: "main".to_owned(),
@@ -411,7 +411,7 @@ mod tests {
     }
 
     fn lose_index_blob(f: &mut Fixture) {
-        let kind = |r: &&FileRow| r.kind == "index_blob";
+        let kind = |r: &&FileRow| r.kind == FileKind::IndexBlob;
         let p = f.files.values().find(kind).map(|r| r.path.clone()).unwrap();
         missing_from_disk(f, &p);
     }
@@ -514,9 +514,9 @@ mod tests {
             r.corrupt,
             [Corrupt {
                 path: tarball.clone(),
-                expected: Digest::of(b"tarball bytes").to_string(),
+                expected: Digest::of(b"tarball bytes"),
                 expected_size: 13,
-                actual: Some(Digest::of(b"tar").to_string()),
+                actual: Some(Digest::of(b"tar")),
                 actual_size: Some(3),
             }]
         );

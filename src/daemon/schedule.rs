@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::sync::Trigger;
+use crate::model::Trigger;
 
 /// The longest nap between looks at the clock, so a suspended machine or a clock jump is
 /// noticed within this time.

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use super::{Fatal, ItemError, Run, SourceError, download, error_chain, now};
-use crate::config::{Credentials, Network};
-use crate::model::{Digest, RepoRef};
+use crate::model::{Credentials, Digest, FileKind, ListedKind, Network, RepoRef};
 use crate::oras;
 use crate::registry::RegistryClient;
 use crate::spack::Descriptor;
@@ -91,7 +90,7 @@ impl Run<'_> {
         self.store.touch_tags(
             self.run_id,
             &name,
-            valid.iter().map(|(r, _)| (r.as_str(), "oras")),
+            valid.iter().map(|(r, _)| (r.as_str(), ListedKind::Oras)),
         )?;
         self.store.update_counts(self.run_id, &self.counts)?;
         for (r, checked) in invalid {
@@ -101,7 +100,7 @@ impl Run<'_> {
         }
 
         let known = self.store.oras_artifacts(&name)?;
-        let mut look: Vec<(String, Option<String>)> = Vec::new();
+        let mut look: Vec<(String, Option<Digest>)> = Vec::new();
         let mut kept = 0_usize;
         for (r, _) in valid {
             let published = known.get(&r).and_then(|a| {
@@ -130,7 +129,7 @@ impl Run<'_> {
     async fn look_up_all(
         &mut self,
         src: usize,
-        look: Vec<(String, Option<String>)>,
+        look: Vec<(String, Option<Digest>)>,
     ) -> Result<Vec<Artifact>, SourceError> {
         let source = &self.sources[src].config;
         let (base, credentials, network, tag) = (
@@ -148,8 +147,7 @@ impl Run<'_> {
                     tag.clone(),
                 );
                 async move {
-                    let r =
-                        look_up(&base, &credentials, &network, &rel, &tag, old.as_deref()).await;
+                    let r = look_up(&base, &credentials, &network, &rel, &tag, old.as_ref()).await;
                     (rel, r)
                 }
             })
@@ -221,10 +219,7 @@ impl Run<'_> {
         for a in &artifacts {
             for (path, d) in &a.files {
                 let done = self.is_intact(path)
-                    && self
-                        .files
-                        .get(path)
-                        .is_some_and(|f| f.digest == d.digest.as_str());
+                    && self.files.get(path).is_some_and(|f| f.digest == d.digest);
                 if !done {
                     by_digest
                         .entry(d.digest.clone())
@@ -255,7 +250,7 @@ impl Run<'_> {
             let path = self.mirror.partial_path(digest).map_err(Fatal::from)?;
             let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.store
-                .record_partial(digest.as_str(), &path.to_string_lossy(), kept, now())?;
+                .record_partial(digest, &path.to_string_lossy(), kept, now())?;
             self.jobs.push(digest.clone());
         }
         let mirror = self.mirror.clone();
@@ -288,7 +283,7 @@ impl Run<'_> {
             for (path, r) in out {
                 match r {
                     Ok(size) => {
-                        self.downloaded(src, &path, "oras_file", &d.digest, size)?;
+                        self.downloaded(src, &path, FileKind::OrasFile, &d.digest, size)?;
                         written.insert(path);
                     }
                     Err(ItemError::Fatal(e)) => return Err(SourceError::Fatal(Fatal::of(&*e))),
@@ -318,10 +313,7 @@ impl Run<'_> {
         let name = self.sources[src].config.name.clone();
         for a in artifacts {
             let problem = a.files.iter().find_map(|(p, d)| {
-                let in_place = self
-                    .files
-                    .get(p)
-                    .is_some_and(|f| f.digest == d.digest.as_str());
+                let in_place = self.files.get(p).is_some_and(|f| f.digest == d.digest);
                 match failed.get(p) {
                     Some(msg) => Some(format!("file {p}: {msg}")),
                     None if !in_place => Some(format!("file {p} was not written")),
@@ -337,7 +329,7 @@ impl Run<'_> {
                 self.run_id,
                 &name,
                 &a.repository,
-                a.manifest_digest.as_str(),
+                &a.manifest_digest,
                 &paths,
             )?;
             if paths.iter().any(|p| written.contains(p)) {
@@ -363,7 +355,7 @@ async fn look_up(
     network: &Network,
     rel: &str,
     tag: &str,
-    old: Option<&str>,
+    old: Option<&Digest>,
 ) -> Result<Looked, ItemError> {
     let repo = RepoRef {
         repository: format!("{}/{rel}", base.repository),
@@ -375,7 +367,7 @@ async fn look_up(
         && client
             .manifest_digest(tag)
             .await?
-            .is_some_and(|d| d.as_str() == old)
+            .is_some_and(|d| &d == old)
     {
         return Ok(Looked::Unchanged);
     }

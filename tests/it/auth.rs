@@ -7,8 +7,8 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Output;
 
-use spack_mirrord::config::{Credentials, Network, Secret};
 use spack_mirrord::demo;
+use spack_mirrord::model::{Credentials, Network, Secret};
 
 use crate::support::front::{FrontOptions, GhcrFront};
 use crate::support::mirrord::{

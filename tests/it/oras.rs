@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use spack_mirrord::config::Credentials;
+use spack_mirrord::model::Credentials;
 use spack_mirrord::model::Digest;
 use spack_mirrord::registry::RegistryClient;
 

@@ -5,8 +5,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use spack_mirrord::config::{Credentials, Network};
-use spack_mirrord::tls::CaPem;
+use spack_mirrord::model::CaPem;
+use spack_mirrord::model::{Credentials, Network};
 
 use crate::support::mirrord::{Env, check_mirror, push_generated_with, text};
 use crate::support::registry::TestRegistry;

@@ -9,9 +9,9 @@ use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 
 use serde_json::Value;
-use spack_mirrord::config::{Credentials, Network};
 use spack_mirrord::demo;
 use spack_mirrord::demo::GeneratedSpec;
+use spack_mirrord::model::{Credentials, Network};
 use spack_mirrord::registry::RegistryClient;
 
 /// A temporary installation: config file, mirror root and state directory.

@@ -1,6 +1,5 @@
-//! Identifiers shared by every module: content digests, registry tags and the source
-//! reference. Each is parsed once at the boundary (`FromStr`) so inner code never sees a
-//! malformed value. No I/O here.
+//! Identifiers: content digests, registry tags and the source reference. Each is parsed once
+//! at the boundary (`FromStr`) so inner code never sees a malformed value.
 
 use std::fmt;
 use std::str::FromStr;
