@@ -1,13 +1,41 @@
-//! The crate's error and exit codes.
+//! The crate's error, exit codes, hints, and the failure model of a run.
 //!
-//! Policy: each edge module (`registry`, `store`, `mirror`, `config`, `lock`) has its own
-//! typed `Error` whose variants name the object (path, URL, tag, digest). Messages are
-//! lowercase, without a trailing period, and never repeat their `#[source]`: `main` prints
-//! the chain as `caused by:` lines and, where the remedy is known, a `hint:` line. Failures of
-//! single items inside a run are not errors: they are recorded in the ledger and decide the
-//! run's outcome.
+//! # Policy
+//!
+//! - **Each module has its own typed `Error`** whose variants name the object (path, URL, tag,
+//!   digest) and expose predicates its callers branch on: `registry::Error::is_transient`,
+//!   `mirror::Error::is_content` and `is_disk_full`, `store::Error::is_disk_full`.
+//!   Messages are lowercase, without a trailing period, and never repeat their `#[source]`.
+//! - **This module is the only one that names other modules' errors.** It aggregates them for
+//!   commands ([`Error`], mapped to exit codes) and for runs ([`Failure`]).
+//! - **Inside a run, a failure has a scope** ([`Scope`]): it fails one item (a spec tag, an
+//!   oras artifact), one source, or the whole run. The scope is the larger of where the
+//!   failure happened (handling one item, or reading a source) and the least its cause forces
+//!   ([`Cause::floor`]):
+//!
+//!   | cause | floor |
+//!   |---|---|
+//!   | the ledger (`store`) | run: nothing can be recorded |
+//!   | the mirror's disk (`mirror`, not about the bytes) | run: a full or failing disk stops everything |
+//!   | refused credentials (`registry::Error::Auth`) | source: every other request would be refused too |
+//!   | anything else: the registry, bad bytes, a bad manifest or config | item |
+//!
+//!   Item failures are recorded in the ledger and the run goes on; a source failure stops that
+//!   source while the others go on; a run failure ends the run as `failed`.
+//! - **Errors stay structured until they are written down**: logs get them as `error` fields
+//!   (with `error.sources`), the ledger gets [`error_chain`] text.
+//! - **Hints are computed here**, from the error and its chain ([`Error::hint`] for `main`'s
+//!   `hint:` line, [`Failure::hint`] for the message a failed run leaves in the ledger).
 
 use std::process::ExitCode;
+
+pub use crate::diagnostic::{error_chain, is_disk_full};
+
+const STATE_DIR_FULL: &str = "the filesystem of state.dir is full: free space on it (or move state.dir); \
+     the mirror stays consistent, and the next run marks this one interrupted and fetches only \
+     what is missing";
+const FILESYSTEM_FULL: &str = "that filesystem is full: free space on it or move mirror.root or state.dir; \
+     the published mirror stays consistent and the next run fetches only what is missing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,26 +55,10 @@ pub enum Error {
     Usage(String),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
-}
-
-/// Whether an I/O error says the filesystem is full (`ENOSPC`) or the quota spent (`EDQUOT`).
-pub fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
-}
-
-/// An error and its causes on one line: `error: cause: cause` (for the ledger and logs).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
+    #[error("cannot render the report as JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("cannot write to standard output")]
+    Stdout(#[source] std::io::Error),
 }
 
 /// Exit codes (README.md lists them).
@@ -77,12 +89,6 @@ impl Error {
     /// A remedy worth printing under the error, where one is known.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Store(e) | Self::Sync(crate::sync::Error::Store(e)) if e.is_disk_full() => Some(
-                "the filesystem of state.dir is full: free space on it (or move state.dir); \
-                 the mirror stays consistent, and the next run marks this one interrupted and \
-                 fetches only what is missing"
-                    .to_owned(),
-            ),
             Self::Lock(crate::lock::Error::Busy { .. }) => Some(
                 "another sync is running; drop --no-wait to wait for it, or see `spack-mirrord status`"
                     .to_owned(),
@@ -91,7 +97,151 @@ impl Error {
                 "status and verify need read access to state.dir: run them as root, as the service user, or as a member of its group (usermod -aG)"
                     .to_owned(),
             ),
+            Self::Store(e) | Self::Sync(crate::sync::Error::Store(e)) if e.is_disk_full() => {
+                Some(STATE_DIR_FULL.to_owned())
+            }
             _ => None,
         }
     }
 }
+
+/// How far a failure inside a run reaches (ordered: an item < its source < the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// One spec tag or oras artifact fails; the run goes on.
+    Item,
+    /// One source stops; the others go on.
+    Source,
+    /// The run ends as `failed`.
+    Run,
+}
+
+/// What went wrong inside a run, still structured.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Spack(#[from] crate::spack::Error),
+    #[error(transparent)]
+    Oras(#[from] crate::oras::Error),
+    #[error(transparent)]
+    Blob(#[from] crate::sync::BlobError),
+    #[error(transparent)]
+    Artifact(#[from] crate::sync::ArtifactError),
+    /// A source that cannot be read as configured (its list names nothing, say).
+    #[error(transparent)]
+    Listing(#[from] crate::sync::ListingError),
+    #[error(transparent)]
+    Stop(#[from] crate::sync::Stop),
+}
+
+impl Cause {
+    /// The least scope this cause forces, wherever it happens (the table above).
+    pub fn floor(&self) -> Scope {
+        match self {
+            Self::Store(_) | Self::Stop(_) => Scope::Run,
+            Self::Mirror(e) if !e.is_content() => Scope::Run,
+            Self::Registry(crate::registry::Error::Auth { .. }) => Scope::Source,
+            _ => Scope::Item,
+        }
+    }
+}
+
+/// A failure inside a run, with how far it reaches. It reads (and chains) as its cause.
+#[derive(Debug)]
+pub struct Failure {
+    pub scope: Scope,
+    pub cause: Box<Cause>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.cause.fmt(f)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.source()
+    }
+}
+
+impl Failure {
+    /// A failure while handling one item.
+    pub fn item(cause: impl Into<Cause>) -> Self {
+        Self::at(Scope::Item, cause.into())
+    }
+
+    /// A failure that ends the run, whatever its cause (setting the run up).
+    pub fn run(cause: impl Into<Cause>) -> Self {
+        Self::at(Scope::Run, cause.into())
+    }
+
+    /// A failure while reading a source as a whole (its token, its tag list, its catalog).
+    pub fn source(cause: impl Into<Cause>) -> Self {
+        Self::at(Scope::Source, cause.into())
+    }
+
+    fn at(place: Scope, cause: Cause) -> Self {
+        Self {
+            scope: place.max(cause.floor()),
+            cause: Box::new(cause),
+        }
+    }
+
+    /// Whether trying the same request again may help (a transient registry error).
+    pub fn is_transient(&self) -> bool {
+        matches!(&*self.cause, Cause::Registry(e) if e.is_transient())
+    }
+
+    /// What to do about it, where that is known: a full filesystem, the mirror's or the
+    /// ledger's.
+    pub fn hint(&self) -> Option<&'static str> {
+        let full = match &*self.cause {
+            Cause::Store(e) => e.is_disk_full(),
+            Cause::Mirror(e) => e.is_disk_full(),
+            _ => false,
+        } || crate::diagnostic::chain(self)
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(is_disk_full));
+        full.then_some(FILESYSTEM_FULL)
+    }
+
+    /// The chain on one line, with the hint where one is known (for the ledger).
+    pub fn message(&self) -> String {
+        let mut msg = error_chain(self);
+        if let Some(h) = self.hint() {
+            msg.push_str("; hint: ");
+            msg.push_str(h);
+        }
+        msg
+    }
+}
+
+/// A `?` inside a run: an error from anywhere is a failure of the item being handled, raised
+/// to its cause's floor.
+macro_rules! failure_from {
+    ($($ty:ty),+) => {$(
+        impl From<$ty> for Failure {
+            fn from(e: $ty) -> Self {
+                Self::item(e)
+            }
+        }
+    )+};
+}
+
+failure_from!(
+    crate::registry::Error,
+    crate::mirror::Error,
+    crate::store::Error,
+    crate::spack::Error,
+    crate::oras::Error,
+    crate::sync::BlobError,
+    crate::sync::ArtifactError,
+    crate::sync::ListingError,
+    crate::sync::Stop
+);

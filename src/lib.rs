@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod demo;
+pub mod diagnostic;
 pub mod error;
 pub mod lock;
 pub mod logging;

@@ -18,11 +18,24 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use super::{Fatal, ItemError, Run, SourceError, download, error_chain, now};
+use super::ListingError;
+use crate::error::{Failure, Scope};
 use crate::model::{Credentials, Digest, FileKind, ListedKind, Network, RepoRef};
 use crate::oras;
 use crate::registry::RegistryClient;
 use crate::spack::Descriptor;
+use crate::sync::download::download;
+use crate::sync::{BlobError, Run};
+
+/// An artifact whose manifest cannot be mirrored, named by repository and tag.
+#[derive(Debug, thiserror::Error)]
+#[error("artifact {repo}:{tag}")]
+pub struct ArtifactError {
+    repo: String,
+    tag: String,
+    #[source]
+    source: oras::Error,
+}
 
 /// An artifact whose manifest was read: the files it wants under the root.
 struct Artifact {
@@ -43,7 +56,7 @@ enum Looked {
 impl Run<'_> {
     /// Mirrors the artifacts of an `oras-files` source. Its files are not Spack v3 specs:
     /// nothing here goes into the v3 index.
-    pub(super) async fn collect_oras(&mut self, src: usize, full: bool) -> Result<(), SourceError> {
+    pub(super) async fn read_oras_files(&mut self, src: usize, full: bool) -> Result<(), Failure> {
         let source = self.sources[src].config.clone();
         let name = source.name.clone();
         let prefix = source.repo.repository.clone();
@@ -53,9 +66,9 @@ impl Run<'_> {
             listed_extra = oras::parse_list(&text);
             tracing::debug!(source = %name, url, repositories = listed_extra.len(), "repository list read");
             if listed_extra.is_empty() && source.oras.repositories.is_empty() {
-                return Err(SourceError::Source(format!(
-                    "the list at {url} (repositories_url) names no repository"
-                )));
+                return Err(Failure::source(ListingError::EmptyList {
+                    url: url.clone(),
+                }));
             }
         }
         let listed = if !listed_extra.is_empty() {
@@ -66,10 +79,7 @@ impl Run<'_> {
         } else if source.oras.repositories.is_empty() {
             let listed = self.sources[src].registry.catalog(&prefix).await?;
             if listed.is_empty() {
-                return Err(SourceError::Source(format!(
-                    "the registry's catalog lists no repository below {prefix}; check the source url, \
-                     or list the repositories in repositories or repositories_file"
-                )));
+                return Err(Failure::source(ListingError::EmptyCatalog { prefix }));
             }
             listed
         } else {
@@ -130,7 +140,7 @@ impl Run<'_> {
         &mut self,
         src: usize,
         look: Vec<(String, Option<Digest>)>,
-    ) -> Result<Vec<Artifact>, SourceError> {
+    ) -> Result<Vec<Artifact>, Failure> {
         let source = &self.sources[src].config;
         let (base, credentials, network, tag) = (
             source.repo.clone(),
@@ -157,9 +167,9 @@ impl Run<'_> {
             match r {
                 Ok(Looked::Unchanged) => {}
                 Ok(Looked::Changed(a)) => artifacts.push(a),
-                Err(ItemError::Item(msg)) => self.fail_item(src, &rel, &msg)?,
+                Err(f) if f.scope == Scope::Item => self.fail_item_with(src, &rel, &f)?,
                 // Credentials refused: this source stops, nothing of it was written yet.
-                Err(ItemError::Fatal(e)) => return Err(SourceError::Source(error_chain(&*e))),
+                Err(f) => return Err(f),
             }
         }
         artifacts.sort_by(|a, b| a.repository.cmp(&b.repository));
@@ -173,7 +183,7 @@ impl Run<'_> {
         src: usize,
         artifacts: Vec<Artifact>,
         known: &HashMap<String, crate::store::OrasArtifact>,
-    ) -> Result<Vec<Artifact>, Fatal> {
+    ) -> Result<Vec<Artifact>, Failure> {
         let mut owner: HashMap<String, String> = HashMap::new();
         for (repository, a) in known {
             for p in &a.paths {
@@ -206,11 +216,7 @@ impl Run<'_> {
 
     /// Downloads the missing files of the artifacts and records each artifact whose files are
     /// all in place.
-    async fn fetch_files(
-        &mut self,
-        src: usize,
-        artifacts: Vec<Artifact>,
-    ) -> Result<(), SourceError> {
+    async fn fetch_files(&mut self, src: usize, artifacts: Vec<Artifact>) -> Result<(), Failure> {
         let name = self.sources[src].config.name.clone();
         // Each blob once per task: paths sharing a digest are written one after the other,
         // since they share the resumable staging file.
@@ -218,9 +224,7 @@ impl Run<'_> {
             BTreeMap::new();
         for a in &artifacts {
             for (path, d) in &a.files {
-                let done = self.is_intact(path)
-                    && self.files.get(path).is_some_and(|f| f.digest == d.digest);
-                if !done {
+                if !self.is_published(path, &d.digest) {
                     by_digest
                         .entry(d.digest.clone())
                         .or_insert_with(|| (Arc::clone(&a.client), d.clone(), Vec::new()))
@@ -246,13 +250,8 @@ impl Run<'_> {
             p.blobs_total += blobs_total;
             p.bytes_total += bytes_total;
         });
-        for digest in by_digest.keys() {
-            let path = self.mirror.partial_path(digest).map_err(Fatal::from)?;
-            let kept = std::fs::metadata(&path).map_or(0, |m| m.len());
-            self.store
-                .record_partial(digest, &path.to_string_lossy(), kept, now())?;
-            self.jobs.push(digest.clone());
-        }
+        let digests: Vec<Digest> = by_digest.keys().cloned().collect();
+        self.start_downloads(&digests)?;
         let mirror = self.mirror.clone();
         let mut results = futures_util::stream::iter(by_digest.into_values())
             .map(move |(client, d, paths)| {
@@ -270,8 +269,10 @@ impl Run<'_> {
                     }
                     // A blob that failed once is not tried again for its other paths.
                     for path in paths {
-                        let msg = format!("blob {} was not fetched: see the other file", d.digest);
-                        out.push((path, Err(ItemError::Item(msg))));
+                        let not_fetched = BlobError::NotFetched {
+                            digest: d.digest.clone(),
+                        };
+                        out.push((path, Err(Failure::item(not_fetched))));
                     }
                     (d, out)
                 }
@@ -286,12 +287,12 @@ impl Run<'_> {
                         self.downloaded(src, &path, FileKind::OrasFile, &d.digest, size)?;
                         written.insert(path);
                     }
-                    Err(ItemError::Fatal(e)) => return Err(SourceError::Fatal(Fatal::of(&*e))),
-                    Err(ItemError::Item(msg)) => {
-                        tracing::warn!(path, digest = %d.digest, error = msg, "oras file rejected");
+                    Err(f) if f.scope == Scope::Item => {
+                        tracing::warn!(path, digest = %d.digest, error = &f as &dyn std::error::Error, "oras file rejected");
                         self.note_partial(&d.digest)?;
-                        failed.insert(path, msg);
+                        failed.insert(path, crate::error::error_chain(&f));
                     }
+                    Err(f) => return Err(f),
                 }
             }
         }
@@ -309,7 +310,7 @@ impl Run<'_> {
         artifacts: Vec<Artifact>,
         failed: &HashMap<String, String>,
         written: &HashSet<String>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), Failure> {
         let name = self.sources[src].config.name.clone();
         for a in artifacts {
             let problem = a.files.iter().find_map(|(p, d)| {
@@ -333,9 +334,7 @@ impl Run<'_> {
                 &paths,
             )?;
             if paths.iter().any(|p| written.contains(p)) {
-                self.counts.specs_fetched += 1;
-                self.sources[src].counts.specs_fetched += 1;
-                self.store.update_counts(self.run_id, &self.counts)?;
+                self.count_fetched(src)?;
             }
             tracing::debug!(
                 repository = a.repository,
@@ -356,7 +355,7 @@ async fn look_up(
     rel: &str,
     tag: &str,
     old: Option<&Digest>,
-) -> Result<Looked, ItemError> {
+) -> Result<Looked, Failure> {
     let repo = RepoRef {
         repository: format!("{}/{rel}", base.repository),
         ..base.clone()
@@ -372,7 +371,11 @@ async fn look_up(
         return Ok(Looked::Unchanged);
     }
     let (manifest, manifest_digest) = client.fetch_manifest(tag).await?;
-    let in_artifact = |e: oras::Error| ItemError::Item(format!("artifact {repo}:{tag}: {e}"));
+    let in_artifact = |source| ArtifactError {
+        repo: repo.to_string(),
+        tag: tag.to_owned(),
+        source,
+    };
     let files = oras::parse_manifest(&manifest)
         .map_err(in_artifact)?
         .into_iter()

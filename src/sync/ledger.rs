@@ -1,0 +1,207 @@
+//! A run's bookkeeping: counts (the run's and each source's), progress, and what goes into the
+//! ledger as the run goes: failed and skipped items, files renamed into place, downloads
+//! stored, and each source's part of the run. Nothing here talks to the registry or writes
+//! under the mirror root.
+
+use std::collections::HashSet;
+
+use super::{Candidate, Progress, Run, now};
+use crate::error::{Failure, error_chain};
+use crate::model::{Digest, FileKind, ProblemKind};
+use crate::spack;
+use crate::store::{FileRow, RunSourceRow, SpecRow};
+
+impl Run<'_> {
+    pub(super) fn report_progress(&self, update: impl FnOnce(&mut Progress)) {
+        if let Some(p) = &self.progress {
+            p.send_modify(update);
+        }
+    }
+
+    /// Records a failed item (a spec tag, an oras artifact) of source `src` and goes on.
+    pub(super) fn fail_item(
+        &mut self,
+        src: usize,
+        tag: &str,
+        message: &str,
+    ) -> Result<(), Failure> {
+        let source = &mut self.sources[src];
+        tracing::warn!(source = %source.config.name, tag, error = message, "spec failed");
+        self.counts.specs_failed += 1;
+        source.counts.specs_failed += 1;
+        self.store.record_problem(
+            self.run_id,
+            &source.config.name,
+            tag,
+            ProblemKind::Failed,
+            message,
+        )?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        Ok(())
+    }
+
+    /// [`Self::fail_item`] for an item-scoped failure: logged with its structure, recorded as
+    /// its chain.
+    pub(super) fn fail_item_with(
+        &mut self,
+        src: usize,
+        tag: &str,
+        failure: &Failure,
+    ) -> Result<(), Failure> {
+        tracing::debug!(
+            tag,
+            error = failure as &dyn std::error::Error,
+            "item failed"
+        );
+        self.fail_item(src, tag, &error_chain(failure))
+    }
+
+    pub(super) fn skip_item(&mut self, src: usize, tag: &str, reason: &str) -> Result<(), Failure> {
+        let source = &mut self.sources[src];
+        tracing::warn!(source = %source.config.name, tag, reason, "tag skipped: not a usable spec");
+        self.counts.specs_skipped += 1;
+        source.counts.specs_skipped += 1;
+        self.store.record_problem(
+            self.run_id,
+            &source.config.name,
+            tag,
+            ProblemKind::Skipped,
+            reason,
+        )?;
+        Ok(())
+    }
+
+    /// Whether a ledger-recorded file is present under the root with its recorded size.
+    pub(super) fn is_intact(&self, path: &str) -> bool {
+        self.files
+            .get(path)
+            .is_some_and(|f| self.mirror.size_of(path) == Some(f.size))
+    }
+
+    /// Whether the ledger records `path` with `digest` and the file is intact.
+    pub(super) fn is_published(&self, path: &str, digest: &Digest) -> bool {
+        self.is_intact(path) && self.files.get(path).is_some_and(|f| f.digest == *digest)
+    }
+
+    /// The published specs whose manifest, tarball and spec blob are all intact.
+    pub(super) fn intact_specs(&self) -> Result<Vec<SpecRow>, Failure> {
+        Ok(self
+            .store
+            .specs()?
+            .into_iter()
+            .filter(|s| {
+                self.is_intact(&s.manifest_path)
+                    && self.is_intact(&spack::blob_path(&s.tarball_digest))
+                    && self.is_intact(&spack::blob_path(&s.spec_digest))
+            })
+            .collect())
+    }
+
+    /// Records a file just renamed into place under the root.
+    pub(super) fn record_file(
+        &mut self,
+        path: &str,
+        kind: FileKind,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Failure> {
+        let row = FileRow {
+            path: path.to_owned(),
+            kind,
+            digest: digest.clone(),
+            size,
+        };
+        self.store.record_file(self.run_id, &row, now())?;
+        self.files.insert(path.to_owned(), row);
+        Ok(())
+    }
+
+    /// Books a download that was published at `path`: counts (run and source), the file's
+    /// ledger row, the kept download forgotten, progress.
+    pub(super) fn downloaded(
+        &mut self,
+        src: usize,
+        path: &str,
+        kind: FileKind,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Failure> {
+        self.counts.blobs_fetched += 1;
+        self.counts.bytes_fetched += size;
+        self.sources[src].counts.blobs_fetched += 1;
+        self.sources[src].counts.bytes_fetched += size;
+        self.record_file(path, kind, digest, size)?;
+        self.store.forget_partial(digest)?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        tracing::debug!(path, kind = %kind, digest = %digest, bytes = size, "download stored");
+        self.report_progress(|p| {
+            p.blobs_done += 1;
+            p.bytes_done += size;
+        });
+        Ok(())
+    }
+
+    /// Counts one more item published by source `src`.
+    pub(super) fn count_fetched(&mut self, src: usize) -> Result<(), Failure> {
+        self.counts.specs_fetched += 1;
+        self.sources[src].counts.specs_fetched += 1;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        Ok(())
+    }
+
+    /// The same spec listed by several sources is published once, from the first source; the
+    /// other sources' tags are recorded as naming it, so they cost no request next time.
+    pub(super) fn one_per_spec(
+        &mut self,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<Candidate>, Failure> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for c in candidates {
+            if seen.insert(c.spec.hash.clone()) {
+                out.push(c);
+            } else {
+                let source = &self.sources[c.source].config.name;
+                self.store.record_tag_spec(
+                    self.run_id,
+                    source,
+                    c.tag.as_str(),
+                    &c.manifest_digest,
+                    &c.spec.hash,
+                )?;
+                tracing::debug!(source = %source, tag = %c.tag, "spec also listed by another source");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The reasons of the sources that could not be read, on one line.
+    pub(super) fn source_errors(&self) -> Option<String> {
+        let errors: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| {
+                s.error
+                    .as_ref()
+                    .map(|e| format!("source {}: {e}", s.config.name))
+            })
+            .collect();
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+
+    /// Each source's part of the run, for `status`. Best effort: the run's own row says how
+    /// it ended even when these cannot be written.
+    pub(super) fn record_sources(&self) {
+        for src in &self.sources {
+            let row = RunSourceRow {
+                source: src.config.name.clone(),
+                url: src.config.repo.to_string(),
+                counts: src.counts.clone(),
+                error: src.error.clone(),
+            };
+            if let Err(e) = self.store.record_run_source(self.run_id, &row) {
+                tracing::warn!(source = %src.config.name, error = &e as &dyn std::error::Error, "cannot record the source's part of the run");
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! One sync run: applies the plans of `plan` using `registry`, `mirror` and `store`. It is the
+//! only module that combines the edges. It decides *how* a run goes; when runs happen is the
+//! caller's business (`sync --now`, the daemon).
+//!
+//! A run is a short list of phases ([`Run::execute`]): kept downloads are matched with the
+//! ledger (`download`), each source is read by its layout's backend (`source`), the same spec
+//! from several sources is kept once (`ledger`), and what is new is published in Spack's order
+//! (`publish`: tarballs, spec blobs, spec manifests, index, layout), after a free-space
+//! pre-flight (`space`). A ledger row is written only after its file was renamed into place.
+//!
+//! Failures are [`Failure`]s with a scope (see `error.rs`): an item's is recorded and the run
+//! goes on, a source's stops that source, a run's ends it as `failed`.
+//!
+//! `inspect` (the `verify` command's reading of ledger and mirror) and `discard` (what
+//! `verify --repair` removes before its sync) live in the `inspect` submodule.
+
+mod download;
+mod inspect;
+mod ledger;
+mod publish;
+mod source;
+mod space;
+
+pub use download::BlobError;
+pub use inspect::{discard, inspect};
+pub use source::{ArtifactError, ListingError};
+pub use space::Stop;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::{self, Config};
+use crate::error::Failure;
+use crate::lock::{self, RunLock};
+use crate::mirror::{self, Mirror};
+use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
+use crate::registry::RegistryClient;
+use crate::spack::{SpecConfig, SpecImage};
+use crate::store::{self, FileRow, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Mirror(#[from] mirror::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub trigger: Trigger,
+    /// Re-check the manifest digest of every known tag (`sync --now --full`).
+    pub full: bool,
+    /// Where to publish progress while the run goes (the daemon's systemd `STATUS=`).
+    pub progress: Option<watch::Sender<Progress>>,
+}
+
+/// How far a run has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub specs_total: u64,
+    pub blobs_total: u64,
+    pub blobs_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub run_id: i64,
+    pub outcome: Outcome,
+    pub counts: RunCounts,
+    pub error: Option<String>,
+    pub problems: Vec<store::Problem>,
+    pub elapsed_ms: u64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A spec tag whose manifest and config were fetched and checked.
+struct Candidate {
+    /// Index of the source that listed it.
+    source: usize,
+    tag: Tag,
+    manifest_digest: Digest,
+    image: SpecImage,
+    spec: SpecConfig,
+}
+
+/// One source during a run.
+struct SourceState {
+    config: config::Source,
+    registry: Arc<RegistryClient>,
+    /// This source's part of the run's counts.
+    counts: RunCounts,
+    /// Why the source could not be read at all (the others go on).
+    error: Option<String>,
+    /// Whether it lists an `index.spack` tag.
+    has_index: bool,
+}
+
+#[expect(
+    clippy::struct_field_names,
+    reason = "run_id is the name used in every log field and table"
+)]
+struct Run<'a> {
+    config: &'a Config,
+    store: Store,
+    sources: Vec<SourceState>,
+    mirror: Mirror,
+    run_id: i64,
+    counts: RunCounts,
+    cancel: &'a CancellationToken,
+    /// Files the ledger says were published, by relative path.
+    files: HashMap<String, FileRow>,
+    progress: Option<watch::Sender<Progress>>,
+    /// Downloads this run set out to make (their `.partial` files are this run's).
+    jobs: Vec<Digest>,
+}
+
+/// Runs one sync. The caller holds the run lock for its whole length.
+pub async fn run(
+    config: &Config,
+    _lock: &RunLock,
+    opts: Options,
+    cancel: &CancellationToken,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let store = Store::open(&config.state_dir)?;
+    let run_id = store.start_run(opts.trigger, std::process::id(), now(), lock::process_alive)?;
+    let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());
+    run_in_span(config, store, run_id, opts, cancel, started)
+        .instrument(span)
+        .await
+}
+
+async fn run_in_span(
+    config: &Config,
+    store: Store,
+    run_id: i64,
+    opts: Options,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> Result<Report, Error> {
+    tracing::info!(
+        sources = config.sources.len(),
+        mirror = %config.mirror_root.display(),
+        "sync started"
+    );
+    let (mirror, sources) = match open(config) {
+        Ok(v) => v,
+        Err(f) => {
+            let failed = RunCounts::default();
+            return finish(
+                &store,
+                run_id,
+                Outcome::Failed,
+                &failed,
+                Some(f.message()),
+                started,
+            );
+        }
+    };
+    let mut run = Run {
+        config,
+        files: store.files()?,
+        store,
+        sources,
+        mirror,
+        run_id,
+        counts: RunCounts::default(),
+        cancel,
+        progress: opts.progress.clone(),
+        jobs: Vec::new(),
+    };
+    let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::from(Stop::Timeout {
+            limit: config.run_timeout,
+        })),
+    };
+    let (outcome, error) = match result {
+        Ok(()) if cancel.is_cancelled() => (Outcome::Cancelled, Some("cancelled".to_owned())),
+        Ok(()) if run.counts.specs_failed > 0 || run.sources.iter().any(|s| s.error.is_some()) => {
+            (Outcome::Partial, run.source_errors())
+        }
+        Ok(()) => (Outcome::Success, None),
+        Err(f) if cancel.is_cancelled() => (Outcome::Cancelled, Some(f.message())),
+        Err(f) => {
+            tracing::error!(error = &f as &dyn std::error::Error, "run failed");
+            run.discard_partials();
+            (Outcome::Failed, Some(f.message()))
+        }
+    };
+    run.record_sources();
+    finish(&run.store, run_id, outcome, &run.counts, error, started)
+}
+
+/// The mirror and one registry client per source; a failure here fails the run.
+fn open(config: &Config) -> Result<(Mirror, Vec<SourceState>), Failure> {
+    let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
+    let mut sources = Vec::new();
+    for source in &config.sources {
+        let registry =
+            RegistryClient::with_network(&source.repo, &source.credentials, &source.network)
+                .map_err(Failure::run)?;
+        sources.push(SourceState {
+            config: source.clone(),
+            registry: Arc::new(registry),
+            counts: RunCounts::default(),
+            error: None,
+            has_index: false,
+        });
+    }
+    Ok((mirror, sources))
+}
+
+/// Records the run's end; `error` is the message for the ledger.
+fn finish(
+    store: &Store,
+    run_id: i64,
+    outcome: Outcome,
+    counts: &RunCounts,
+    error: Option<String>,
+    started: Instant,
+) -> Result<Report, Error> {
+    if let Err(e) = store.finish_run(run_id, outcome, counts, error.as_deref(), now()) {
+        // The ledger itself failed (a full state filesystem, say): the row stays `running`
+        // and the next run marks it interrupted, so say here why the run ended.
+        tracing::error!(
+            outcome = outcome.as_str(),
+            error = error.as_deref().unwrap_or(""),
+            ledger_error = &e as &dyn std::error::Error,
+            "cannot record the end of the run in the ledger"
+        );
+        return Err(e.into());
+    }
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let problems = store.problems(run_id)?;
+    if outcome == Outcome::Success {
+        tracing::info!(
+            outcome = outcome.as_str(),
+            specs_total = counts.specs_total,
+            specs_fetched = counts.specs_fetched,
+            blobs_fetched = counts.blobs_fetched,
+            bytes = counts.bytes_fetched,
+            elapsed_ms,
+            "sync finished"
+        );
+    } else {
+        tracing::warn!(
+            outcome = outcome.as_str(),
+            specs_total = counts.specs_total,
+            specs_fetched = counts.specs_fetched,
+            specs_failed = counts.specs_failed,
+            blobs_fetched = counts.blobs_fetched,
+            bytes = counts.bytes_fetched,
+            error = error.as_deref().unwrap_or(""),
+            elapsed_ms,
+            "sync finished"
+        );
+    }
+    Ok(Report {
+        run_id,
+        outcome,
+        counts: counts.clone(),
+        error,
+        problems,
+        elapsed_ms,
+    })
+}
+
+impl Run<'_> {
+    /// The phases of a run, in order. Each returns early when the run is cancelled.
+    async fn execute(&mut self, full: bool) -> Result<(), Failure> {
+        self.reconcile_partials()?;
+        let intact = self.intact_specs()?;
+        let candidates = self.read_sources(full, &intact).await?;
+        if self.cancel.is_cancelled() || !self.has_spack_sources() {
+            // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.
+            return Ok(());
+        }
+        let candidates = self.one_per_spec(candidates)?;
+        self.publish(candidates, &intact).await
+    }
+}

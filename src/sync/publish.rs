@@ -1,0 +1,412 @@
+//! Publication, in Spack's order (spack-formats.md §5.4), and the one place that knows it:
+//! tarballs → spec blobs → spec manifests → index blob → index manifest → `v3/layout.json`.
+//! Spack reads through manifests, so a blob without its manifest is invisible; a manifest is
+//! written only when everything it names is in place, and the index lists only specs whose own
+//! files and link/run dependencies are all present. Pruning will run this order backwards.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+
+use super::download::download;
+use super::{Candidate, Run, now};
+use crate::error::{Failure, Scope};
+use crate::model::{Digest, FileKind};
+use crate::plan::{self, IndexSource, RegistryIndex};
+use crate::registry::RegistryClient;
+use crate::spack::{self, Descriptor};
+use crate::store::{FileRow, RegistryIndexRow, SpecRow};
+
+/// Largest index blob accepted from the registry.
+const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+impl Run<'_> {
+    /// Publishes the new candidates beside the intact specs, phase by phase.
+    pub(super) async fn publish(
+        &mut self,
+        candidates: Vec<Candidate>,
+        intact: &[SpecRow],
+    ) -> Result<(), Failure> {
+        let kept_json = intact
+            .iter()
+            .map(|s| s.spec_json.len() as u64)
+            .fold(0, u64::saturating_add);
+        let ready = self.fetch_tarballs(candidates, kept_json).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let ready = self.write_spec_blobs(ready).await?;
+
+        // Every spec the mirror can now serve, old and new, with what it needs.
+        let mut requires: BTreeMap<String, Vec<String>> = intact
+            .iter()
+            .map(|s| (s.hash.clone(), s.requires.clone()))
+            .collect();
+        let mut spec_json: BTreeMap<String, &str> = intact
+            .iter()
+            .map(|s| (s.hash.clone(), s.spec_json.as_str()))
+            .collect();
+        for (c, _) in &ready {
+            requires.insert(c.spec.hash.clone(), c.spec.requires.clone());
+        }
+        let installable = spack::installable(&requires);
+        self.write_spec_manifests(&ready, &installable).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        for (c, _) in &ready {
+            spec_json.insert(c.spec.hash.clone(), c.spec.spec_json.as_str());
+        }
+        let jsons: Vec<&str> = installable
+            .iter()
+            .filter_map(|h| spec_json.get(h).copied())
+            .collect();
+        self.publish_index(&installable, &jsons).await?;
+        self.publish_layout().await
+    }
+
+    /// Downloads the missing tarballs (each once, from the first source that listed it).
+    /// Returns the candidates whose tarball is in place; the others are failed.
+    async fn fetch_tarballs(
+        &mut self,
+        candidates: Vec<Candidate>,
+        kept_json: u64,
+    ) -> Result<Vec<Candidate>, Failure> {
+        let present: HashSet<Digest> = candidates
+            .iter()
+            .map(|c| &c.image.tarball.digest)
+            .filter(|d| self.is_intact(&spack::blob_path(d)))
+            .cloned()
+            .collect();
+        let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
+        self.check_space(&jobs, &candidates, kept_json)?;
+        let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
+        tracing::info!(
+            blobs = jobs.len(),
+            bytes = bytes_total,
+            "downloading tarballs"
+        );
+        self.report_progress(|p| {
+            p.blobs_total = jobs.len() as u64;
+            p.bytes_total = bytes_total;
+        });
+        self.start_downloads(jobs.iter().map(|d| &d.digest))?;
+        let mut from: HashMap<Digest, usize> = HashMap::new();
+        for c in &candidates {
+            from.entry(c.image.tarball.digest.clone())
+                .or_insert(c.source);
+        }
+        let registries: Vec<Arc<RegistryClient>> = self
+            .sources
+            .iter()
+            .map(|s| Arc::clone(&s.registry))
+            .collect();
+        let mirror = self.mirror.clone();
+        let tasks: Vec<(usize, Descriptor)> = jobs
+            .into_iter()
+            .map(|d| (from.get(&d.digest).copied().unwrap_or(0), d))
+            .collect();
+        let mut results = futures_util::stream::iter(tasks)
+            .map(move |(src, d)| {
+                let (registry, mirror) = (Arc::clone(&registries[src]), mirror.clone());
+                async move {
+                    let r = download(&registry, &mirror, &d, &spack::blob_path(&d.digest)).await;
+                    (src, d, r)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut failed: HashMap<Digest, String> = HashMap::new();
+        while let Some(Some((src, d, r))) = self.cancel.run_until_cancelled(results.next()).await {
+            match r {
+                Ok(size) => {
+                    let path = spack::blob_path(&d.digest);
+                    self.downloaded(src, &path, FileKind::Tarball, &d.digest, size)?;
+                }
+                Err(f) if f.scope == Scope::Item => {
+                    tracing::warn!(digest = %d.digest, error = &f as &dyn std::error::Error, "tarball rejected");
+                    self.note_partial(&d.digest)?;
+                    failed.insert(d.digest.clone(), crate::error::error_chain(&f));
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        drop(results);
+        if self.cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let mut ready = Vec::new();
+        for c in candidates {
+            if let Some(msg) = failed.get(&c.image.tarball.digest) {
+                let msg = format!("tarball of {}: {msg}", c.tag);
+                self.fail_item(c.source, c.tag.as_str(), &msg)?;
+            } else {
+                ready.push(c);
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Writes each candidate's spec blob; returns them with its digest.
+    async fn write_spec_blobs(
+        &mut self,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<(Candidate, Digest)>, Failure> {
+        let mut ready = Vec::new();
+        for c in candidates {
+            let blob = spack::spec_blob(&c.spec);
+            let digest = Digest::of(&blob);
+            let path = spack::blob_path(&digest);
+            if !self.is_intact(&path) {
+                self.mirror.write_file(&path, &blob).await?;
+                self.record_file(&path, FileKind::SpecBlob, &digest, blob.len() as u64)?;
+            }
+            ready.push((c, digest));
+        }
+        Ok(ready)
+    }
+
+    /// Writes the spec manifest of each installable candidate; the others are failed, naming
+    /// the dependencies the mirror cannot serve.
+    async fn write_spec_manifests(
+        &mut self,
+        ready: &[(Candidate, Digest)],
+        installable: &BTreeSet<String>,
+    ) -> Result<(), Failure> {
+        for (c, spec_digest) in ready {
+            if installable.contains(&c.spec.hash) {
+                self.publish_spec(c, spec_digest).await?;
+            } else {
+                let missing: Vec<&str> = c
+                    .spec
+                    .requires
+                    .iter()
+                    .filter(|h| !installable.contains(*h))
+                    .map(String::as_str)
+                    .collect();
+                let msg = format!(
+                    "spec {}@{} needs {} which the mirror cannot serve; left out of the index",
+                    c.spec.name,
+                    c.spec.version,
+                    missing.join(", ")
+                );
+                self.fail_item(c.source, c.tag.as_str(), &msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the spec manifest (its blobs are in place) and records the spec.
+    async fn publish_spec(&mut self, c: &Candidate, spec_digest: &Digest) -> Result<(), Failure> {
+        let spec = &c.spec;
+        let manifest_path = match spack::spec_manifest_path(&spec.name, &spec.version, &spec.hash) {
+            Ok(p) => p,
+            Err(e) => return self.fail_item_with(c.source, c.tag.as_str(), &e.into()),
+        };
+        let spec_path = spack::blob_path(spec_digest);
+        let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
+        let spec_record = spack::BlobRecord {
+            content_length: spec_size,
+            media_type: spack::MEDIA_SPEC,
+            compression: "gzip",
+            checksum: spec_digest.clone(),
+        };
+        let manifest = spack::spec_manifest(&spack::tarball_record(&c.image.tarball), &spec_record);
+        let manifest_digest = Digest::of(&manifest);
+        if !self.is_published(&manifest_path, &manifest_digest) {
+            self.mirror.write_file(&manifest_path, &manifest).await?;
+        }
+        let row = SpecRow {
+            hash: spec.hash.clone(),
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            arch: spec.arch.clone(),
+            tag: c.tag.to_string(),
+            manifest_path: manifest_path.clone(),
+            tarball_digest: c.image.tarball.digest.clone(),
+            spec_digest: spec_digest.clone(),
+            spec_json: spec.spec_json.clone(),
+            requires: spec.requires.clone(),
+            source: self.sources[c.source].config.name.clone(),
+        };
+        let file = FileRow {
+            path: manifest_path.clone(),
+            kind: FileKind::SpecManifest,
+            digest: manifest_digest,
+            size: manifest.len() as u64,
+        };
+        self.store.record_spec(
+            self.run_id,
+            &row.source,
+            &row,
+            &c.manifest_digest,
+            &file,
+            now(),
+        )?;
+        self.files.insert(manifest_path, file);
+        self.count_fetched(c.source)?;
+        tracing::debug!(tag = %c.tag, spec = %spec.name, hash = %spec.hash, "spec published");
+        Ok(())
+    }
+
+    /// Refreshes what the ledger knows of the registry's `index.spack` when its manifest
+    /// changed; returns the blob bytes when they were fetched in this run. An index that
+    /// cannot be read is logged and the mirror's own is synthesized.
+    async fn refresh_registry_index(&mut self, src: usize) -> Result<Option<Vec<u8>>, Failure> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let name = self.sources[src].config.name.clone();
+        let (manifest, digest) = match registry.fetch_manifest(spack::INDEX_TAG).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index unreadable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let known = self.store.registry_index(&name)?;
+        if known.as_ref().is_some_and(|k| k.manifest_digest == digest) {
+            return Ok(None);
+        }
+        let layer = match spack::parse_index_manifest(&manifest) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index manifest unusable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let blob = match registry
+            .fetch_small_blob(&layer.digest, MAX_INDEX_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "registry index blob unreadable; synthesizing"
+                );
+                return Ok(None);
+            }
+        };
+        let summary = spack::index_summary(&blob);
+        self.store.set_registry_index(
+            &name,
+            &RegistryIndexRow {
+                manifest_digest: digest,
+                blob_digest: layer.digest,
+                blob_size: blob.len() as u64,
+                db_version: summary.as_ref().map(|s| s.db_version.clone()),
+                in_buildcache: summary
+                    .map(|s| s.in_buildcache.into_iter().collect())
+                    .unwrap_or_default(),
+            },
+        )?;
+        Ok(Some(blob))
+    }
+
+    /// Publishes the index of the installable specs: the registry's own blob when the mirror
+    /// has a single source whose index lists exactly them, otherwise a synthesized one. The
+    /// blob is written first, then `index.manifest.json` is renamed over the old one; index
+    /// blobs beyond the previous one are removed.
+    async fn publish_index(
+        &mut self,
+        installable: &BTreeSet<String>,
+        jsons: &[&str],
+    ) -> Result<(), Failure> {
+        let single = (self.sources.len() == 1
+            && self.sources[0].error.is_none()
+            && self.sources[0].has_index)
+            .then_some(0);
+        let fetched = match single {
+            Some(src) => self.refresh_registry_index(src).await?,
+            None => None,
+        };
+        let registry_index = match single {
+            Some(src) => {
+                let name = self.sources[src].config.name.clone();
+                self.store.registry_index(&name)?.map(|r| RegistryIndex {
+                    blob: r.blob_digest,
+                    size: r.blob_size,
+                    db_version: r.db_version,
+                    in_buildcache: r.in_buildcache.into_iter().collect(),
+                })
+            }
+            None => None,
+        };
+        let (blob_digest, blob_size, blob, origin) =
+            match plan::choose_index(installable, registry_index.as_ref()) {
+                IndexSource::Registry { blob, size } => {
+                    let path = spack::blob_path(&blob);
+                    let bytes = if self.is_intact(&path) {
+                        None
+                    } else if let Some(b) = fetched.filter(|b| Digest::of(b) == blob) {
+                        Some(b)
+                    } else {
+                        Some(
+                            self.sources[0]
+                                .registry
+                                .fetch_small_blob(&blob, MAX_INDEX_BYTES)
+                                .await
+                                .map_err(Failure::run)?,
+                        )
+                    };
+                    (blob, size, bytes, "registry")
+                }
+                IndexSource::Synthesize => {
+                    let bytes =
+                        spack::synthesize_index(jsons, installable).map_err(Failure::run)?;
+                    let digest = Digest::of(&bytes);
+                    let size = bytes.len() as u64;
+                    let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
+                    (digest, size, bytes, "synthesized")
+                }
+            };
+        let blob_path = spack::blob_path(&blob_digest);
+        if let Some(bytes) = blob {
+            self.mirror.write_file(&blob_path, &bytes).await?;
+            self.record_file(&blob_path, FileKind::IndexBlob, &blob_digest, blob_size)?;
+        }
+        let record = spack::BlobRecord {
+            content_length: blob_size,
+            media_type: spack::MEDIA_INDEX,
+            compression: "none",
+            checksum: blob_digest.clone(),
+        };
+        let manifest = spack::index_manifest(&record);
+        let manifest_digest = Digest::of(&manifest);
+        let path = spack::INDEX_MANIFEST_PATH;
+        if self.is_published(path, &manifest_digest) {
+            return Ok(());
+        }
+        self.mirror.write_file(path, &manifest).await?;
+        let size = manifest.len() as u64;
+        self.record_file(path, FileKind::IndexManifest, &manifest_digest, size)?;
+        // The blob is now the current one: it becomes the newest in the ledger.
+        self.record_file(&blob_path, FileKind::IndexBlob, &blob_digest, blob_size)?;
+        tracing::info!(specs = installable.len(), digest = %blob_digest, origin, "index published");
+        for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
+            self.mirror.remove(&stale).await?;
+            self.store.forget_file(&stale)?;
+            self.files.remove(&stale);
+            tracing::debug!(path = stale, "old index blob removed");
+        }
+        Ok(())
+    }
+
+    /// `v3/layout.json`, written once.
+    async fn publish_layout(&mut self) -> Result<(), Failure> {
+        if self.mirror.size_of(spack::LAYOUT_JSON_PATH).is_none() {
+            self.mirror
+                .write_file(spack::LAYOUT_JSON_PATH, spack::LAYOUT_JSON)
+                .await?;
+            let len = spack::LAYOUT_JSON.len() as u64;
+            let digest = Digest::of(spack::LAYOUT_JSON);
+            self.record_file(spack::LAYOUT_JSON_PATH, FileKind::Layout, &digest, len)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! A Spack OCI build cache (`spack buildcache push oci://…`): one tag per spec. The token flow
+//! runs once, the tags are listed (paged), `plan` sorts them against the ledger, `--full`
+//! re-checks known ones with `HEAD`, and the manifest and config of each tag to fetch are read
+//! and checked against each other. What comes out are candidates for `publish`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+
+use crate::error::{Failure, Scope};
+use crate::model::{Digest, ListedKind, Tag};
+use crate::plan;
+use crate::registry::RegistryClient;
+use crate::spack::{self, ConfigVerdict};
+use crate::store::SpecRow;
+use crate::sync::{BlobError, Candidate, Run};
+
+/// Largest config blob accepted (a spec with its whole DAG).
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// What a spec tag's manifest and config turned out to be.
+enum Fetched {
+    Spec(Box<Candidate>),
+    Skip(String),
+}
+
+impl Run<'_> {
+    /// Lists one source's tags and fetches the manifests and configs of what is new.
+    pub(super) async fn read_spack_oci(
+        &mut self,
+        src: usize,
+        full: bool,
+        intact: &[SpecRow],
+    ) -> Result<Vec<Candidate>, Failure> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let name = self.sources[src].config.name.clone();
+        registry.authenticate().await.map_err(Failure::source)?;
+        let remote = registry.list_tags().await.map_err(Failure::source)?;
+        // A known tag costs no request when the spec it names is intact in the mirror,
+        // whichever source published it.
+        let intact_hashes: HashSet<&str> = intact.iter().map(|s| s.hash.as_str()).collect();
+        let intact_tags: HashSet<String> = self
+            .store
+            .known_tags(&name)?
+            .into_iter()
+            .filter(|(_, k)| {
+                k.spec_hash
+                    .as_deref()
+                    .is_some_and(|h| intact_hashes.contains(h))
+            })
+            .map(|(tag, _)| tag)
+            .collect();
+        let mut plan = self.plan_tags(src, &remote, &intact_tags, full)?;
+        self.sources[src].has_index = plan.has_index;
+        let changed = self.recheck(src, std::mem::take(&mut plan.recheck)).await?;
+        plan.fetch.extend(changed);
+        self.fetch_specs(src, plan.fetch).await
+    }
+
+    /// Sorts the listed tags against the ledger and records what was seen.
+    fn plan_tags(
+        &mut self,
+        src: usize,
+        remote: &[String],
+        intact_tags: &HashSet<String>,
+        full: bool,
+    ) -> Result<plan::SyncPlan, Failure> {
+        let name = self.sources[src].config.name.clone();
+        let known = self.store.known_tags(&name)?;
+        let plan = plan::plan_sync(remote, &known, intact_tags, full);
+        self.counts.specs_total += plan.spec_tags.len() as u64;
+        self.sources[src].counts.specs_total = plan.spec_tags.len() as u64;
+        let specs_total = self.counts.specs_total;
+        self.report_progress(|p| p.specs_total = specs_total);
+        self.counts.tags_ignored += plan.ignored.len() as u64;
+        for tag in &plan.ignored {
+            tracing::debug!(tag, "tag ignored: neither a spec nor the index");
+        }
+        let mut seen: Vec<(&str, ListedKind)> = plan
+            .spec_tags
+            .iter()
+            .map(|t| (t.as_str(), ListedKind::Spec))
+            .collect();
+        if plan.has_index {
+            seen.push((spack::INDEX_TAG, ListedKind::Index));
+        }
+        seen.extend(
+            plan.ignored
+                .iter()
+                .filter(|t| t.parse::<Tag>().is_ok())
+                .map(|t| (t.as_str(), ListedKind::Other)),
+        );
+        self.store.touch_tags(self.run_id, &name, seen)?;
+        self.store.update_counts(self.run_id, &self.counts)?;
+        tracing::info!(
+            source = %name,
+            spec_tags = plan.spec_tags.len(),
+            fetch = plan.fetch.len(),
+            recheck = plan.recheck.len(),
+            keep = plan.keep.len(),
+            ignored = plan.ignored.len(),
+            "tags listed"
+        );
+        Ok(plan)
+    }
+
+    /// `--full`: HEAD every known tag; those whose digest moved are fetched again.
+    async fn recheck(&mut self, src: usize, tags: Vec<(Tag, Digest)>) -> Result<Vec<Tag>, Failure> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let mut results = futures_util::stream::iter(tags)
+            .map(move |(tag, digest)| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let now = registry.manifest_digest(tag.as_str()).await;
+                    (tag, digest, now)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut changed = Vec::new();
+        while let Some(Some((tag, old, now))) =
+            self.cancel.run_until_cancelled(results.next()).await
+        {
+            match now {
+                Ok(Some(d)) if d == old => {}
+                Ok(_) => changed.push(tag),
+                Err(e) => self.fail_item_with(src, tag.as_str(), &e.into())?,
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Manifests and configs of the tags to fetch, checked against each other.
+    async fn fetch_specs(&mut self, src: usize, tags: Vec<Tag>) -> Result<Vec<Candidate>, Failure> {
+        let registry = Arc::clone(&self.sources[src].registry);
+        let mut results = futures_util::stream::iter(tags)
+            .map(move |tag| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let r = fetch_spec(&registry, src, &tag).await;
+                    (tag, r)
+                }
+            })
+            .buffer_unordered(self.config.concurrency);
+        let mut out = Vec::new();
+        while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
+            match r {
+                Ok(Fetched::Spec(c)) => out.push(*c),
+                Ok(Fetched::Skip(reason)) => self.skip_item(src, tag.as_str(), &reason)?,
+                Err(f) if f.scope == Scope::Item => self.fail_item_with(src, tag.as_str(), &f)?,
+                Err(f) => return Err(f),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The manifest and config of one spec tag, checked: the tag is Spack's tag for the spec, the
+/// last layer is the spec's tarball.
+async fn fetch_spec(
+    registry: &RegistryClient,
+    source: usize,
+    tag: &Tag,
+) -> Result<Fetched, Failure> {
+    let (manifest, manifest_digest) = registry.fetch_manifest(tag.as_str()).await?;
+    let image = spack::parse_image_manifest(&manifest)?;
+    if image.config.size > MAX_CONFIG_BYTES {
+        return Err(BlobError::ConfigTooLarge {
+            tag: tag.to_string(),
+            size: image.config.size,
+            limit: MAX_CONFIG_BYTES,
+        }
+        .into());
+    }
+    let config = registry
+        .fetch_small_blob(&image.config.digest, MAX_CONFIG_BYTES)
+        .await?;
+    match spack::parse_config(&config)? {
+        ConfigVerdict::Skip { reason } => Ok(Fetched::Skip(reason)),
+        ConfigVerdict::Spec(spec) => {
+            spack::check_spec_image(tag, &image, &spec)?;
+            Ok(Fetched::Spec(Box::new(Candidate {
+                source,
+                tag: tag.clone(),
+                manifest_digest,
+                image,
+                spec,
+            })))
+        }
+    }
+}
