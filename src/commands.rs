@@ -1,13 +1,15 @@
 //! One function per subcommand, wiring the modules together. The only module that writes to
 //! stdout (results) and stderr (messages for the person at the terminal).
-#![expect(
-    clippy::print_stdout,
-    clippy::print_stderr,
-    reason = "commands.rs is where the program talks to its user"
-)]
+//!
+//! Nothing here panics on a write: stdout goes through [`out`], where a closed pipe (EPIPE:
+//! `status --json | head -c1`) silences the rest of the output and the command ends with its
+//! own exit code, and any other write error is an error (exit 1); stderr messages are best
+//! effort.
 
+use std::fmt;
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,43 @@ use crate::status::StatusReport;
 use crate::store::Store;
 use crate::sync;
 use crate::verify::VerifyReport;
+
+/// Set once stdout is a closed pipe: the rest of the output goes nowhere, quietly.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to stdout and flushes. A reader that went away (EPIPE) is not an error: what is
+/// left is dropped, as Unix tools do. Any other failure (`> /dev/full`) is.
+fn out(args: fmt::Arguments<'_>) -> Result<(), Error> {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(Error::Stdout(e)),
+    }
+}
+
+/// `print!` that returns write errors instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// `println!` that returns write errors instead of panicking.
+macro_rules! sayln {
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// A message for the person at the terminal, on stderr; never fails the command.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// Runs the command; `Ok` carries the exit code of a command that ran.
 #[expect(
@@ -52,9 +91,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Sync { now: false, .. } => {
             let pid = lock::request_run(&config.state_dir)?;
-            println!(
+            sayln!(
                 "asked the daemon (pid {pid}) to sync now; follow it with `spack-mirrord status`"
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { repair, json } => {
@@ -77,24 +116,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 fn config_check(config: &Config) -> Result<ExitCode, Error> {
-    let text = toml::to_string_pretty(&config.effective())
-        .map_err(|e| Error::Usage(format!("cannot render the configuration: {e}")))?;
-    println!(
+    let text = toml::to_string_pretty(&config.effective()).map_err(Error::Toml)?;
+    sayln!(
         "# {} is valid; effective configuration:",
         config.path.display()
-    );
-    print!("{text}");
+    )?;
+    say!("{text}")?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Config, json: bool) -> Result<ExitCode, Error> {
     let report = StatusReport::read(&config.state_dir, config.mirror_root.clone())?;
     if json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::Usage(format!("cannot render status: {e}")))?;
-        println!("{text}");
+        print_json(&report)?;
     } else {
-        print!("{report}");
+        say!("{report}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +157,7 @@ async fn take_run_lock(config: &Config, no_wait: bool) -> Result<lock::RunLock, 
     Ok(match lock::try_acquire(&config.state_dir) {
         Ok(l) => l,
         Err(lock::Error::Busy { path }) if !no_wait => {
-            eprintln!(
+            tell!(
                 "another sync holds {}; waiting for it to finish (use --no-wait to fail instead)",
                 path.display()
             );
@@ -151,7 +187,7 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         &cancel,
     )
     .await?;
-    println!("{}", sync_line(&report));
+    sayln!("{}", sync_line(&report))?;
     print_sync_problems(&report);
     Ok(ExitCode::from(match report.outcome {
         Outcome::Success => exit::OK,
@@ -185,10 +221,10 @@ fn print_sync_problems(report: &sync::Report) {
         .filter(|p| p.kind == ProblemKind::Failed)
         .take(10)
     {
-        eprintln!("failed: {}: {}", p.tag, p.message);
+        tell!("failed: {}: {}", p.tag, p.message);
     }
     if let Some(e) = &report.error {
-        eprintln!("error: {e}");
+        tell!("error: {e}");
     }
 }
 
@@ -199,10 +235,10 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
         if json {
             print_json(&VerifyReport::default())?;
         } else {
-            println!(
+            sayln!(
                 "nothing to verify: nothing was mirrored yet (no ledger in {}); start with `spack-mirrord sync --now`",
                 config.state_dir.display()
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -213,7 +249,7 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
         if json {
             print_json(&report)?;
         } else {
-            print!("{report}");
+            say!("{report}")?;
         }
         return Ok(verdict(&report));
     }
@@ -229,21 +265,21 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
                 "before": before, "discarded": [], "sync": null, "after": before,
             }))?;
         } else {
-            print!("{before}");
-            println!("nothing to repair");
+            say!("{before}")?;
+            sayln!("nothing to repair")?;
         }
         return Ok(verdict(&before));
     }
     if !json {
-        print!("{before}");
+        say!("{before}")?;
     }
     let discarded = sync::discard(&store, &mirror, &before).await?;
     drop(store);
     if !json {
-        println!(
+        sayln!(
             "repair: discarded {} missing or corrupt files; syncing to restore them",
             discarded.len()
-        );
+        )?;
     }
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
@@ -259,7 +295,7 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
     )
     .await?;
     if !json {
-        println!("{}", sync_line(&sync_report));
+        sayln!("{}", sync_line(&sync_report))?;
     }
     print_sync_problems(&sync_report);
     if sync_report.outcome == Outcome::Cancelled {
@@ -279,8 +315,8 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
             "after": after,
         }))?;
     } else {
-        println!("after repair:");
-        print!("{after}");
+        sayln!("after repair:")?;
+        say!("{after}")?;
     }
     Ok(verdict(&after))
 }
@@ -294,9 +330,8 @@ fn verdict(report: &VerifyReport) -> ExitCode {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Usage(format!("cannot render the verify report: {e}")))?;
-    println!("{text}");
+    let text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
+    sayln!("{text}")?;
     Ok(())
 }
 
@@ -353,13 +388,13 @@ impl ProgressLine {
         }
         self.last = Some(Instant::now());
         self.shown = true;
-        eprint!("\rverifying {done}/{total} files");
+        let _ = write!(std::io::stderr(), "\rverifying {done}/{total} files");
         let _ = std::io::stderr().flush();
     }
 
     fn clear(&mut self) {
         if self.shown {
-            eprint!("\r\x1b[2K");
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
             let _ = std::io::stderr().flush();
             self.shown = false;
         }

@@ -57,6 +57,8 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("cannot render the report as JSON")]
     Json(#[source] serde_json::Error),
+    #[error("cannot render the configuration as TOML")]
+    Toml(#[source] toml::ser::Error),
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
 }

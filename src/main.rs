@@ -15,18 +15,19 @@ fn main() -> ExitCode {
     }
 }
 
-#[expect(
-    clippy::print_stderr,
-    reason = "main renders the final error for the user"
-)]
+/// The final error for the user, on stderr. Best effort: a closed stderr must not turn an
+/// error into a panic.
 fn render(err: &spack_mirrord::error::Error) {
-    eprintln!("error: {err}");
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut text = format!("error: {err}\n");
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        let _ = writeln!(text, "  caused by: {cause}");
         source = cause.source();
     }
     if let Some(hint) = err.hint() {
-        eprintln!("hint: {hint}");
+        let _ = writeln!(text, "hint: {hint}");
     }
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }

@@ -13,6 +13,7 @@ mod crash;
 mod daemon;
 mod disk;
 mod faults;
+mod hardening;
 mod harness_selftest;
 mod oras;
 mod sources;
