@@ -247,3 +247,80 @@ failure_from!(
     crate::sync::ListingError,
     crate::sync::Stop
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Digest;
+
+    fn auth() -> crate::registry::Error {
+        crate::registry::Error::Auth {
+            registry: "ghcr.io".to_owned(),
+            origin: "anonymous".to_owned(),
+            reason: "denied".to_owned(),
+        }
+    }
+
+    fn timeout() -> crate::registry::Error {
+        crate::registry::Error::Timeout {
+            url: "http://x/v2/".to_owned(),
+            limit: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn disk_full() -> crate::mirror::Error {
+        crate::mirror::Error::Write {
+            path: "/m/blobs/x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        }
+    }
+
+    fn bad_bytes() -> crate::mirror::Error {
+        crate::mirror::Error::DigestMismatch {
+            expected: Digest::of(b"a"),
+            actual: Digest::of(b"b"),
+        }
+    }
+
+    #[test]
+    fn the_scope_is_the_larger_of_the_place_and_the_causes_floor() {
+        let cases: Vec<(Failure, Scope)> = vec![
+            (Failure::item(timeout()), Scope::Item),
+            (Failure::source(timeout()), Scope::Source),
+            (Failure::item(auth()), Scope::Source),
+            (Failure::item(bad_bytes()), Scope::Item),
+            (Failure::item(disk_full()), Scope::Run),
+            (Failure::source(disk_full()), Scope::Run),
+            (
+                Failure::item(crate::store::Error::TooNew { found: 9, known: 4 }),
+                Scope::Run,
+            ),
+            (
+                Failure::item(crate::sync::Stop::AllSources("x".to_owned())),
+                Scope::Run,
+            ),
+            (Failure::run(timeout()), Scope::Run),
+        ];
+        for (f, scope) in cases {
+            assert_eq!(f.scope, scope, "{f}");
+        }
+        assert!(Failure::item(timeout()).is_transient());
+        assert!(!Failure::item(auth()).is_transient());
+    }
+
+    #[test]
+    fn a_failure_reads_as_its_cause_and_a_full_disk_gets_its_hint() {
+        let f = Failure::item(disk_full());
+        assert_eq!(
+            error_chain(&f),
+            error_chain(&disk_full()),
+            "the chain is the cause's"
+        );
+        assert!(
+            f.message().contains("; hint: that filesystem is full"),
+            "{}",
+            f.message()
+        );
+        assert_eq!(Failure::item(timeout()).message(), error_chain(&timeout()));
+    }
+}

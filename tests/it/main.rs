@@ -20,4 +20,5 @@ mod sources;
 mod support;
 mod sync;
 mod tls;
+mod tracing_span;
 mod verify;
