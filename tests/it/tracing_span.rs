@@ -11,9 +11,12 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::support::mirrord::Env;
 
-/// Records each event's message and the names of the spans it was logged in.
+/// An event's message and the names of the spans it was logged in.
+type Logged = (String, Vec<String>);
+
+/// Records each event as [`Logged`].
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, Vec<String>)>>>);
+struct Recorder(Arc<Mutex<Vec<Logged>>>);
 
 struct Message(String);
 
