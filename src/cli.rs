@@ -45,11 +45,12 @@ pub enum Command {
         /// Run the sync here and now, in the foreground.
         #[arg(long)]
         now: bool,
-        /// Re-check the manifest digest of every known tag, not only new ones.
-        #[arg(long)]
+        /// Re-check the manifest digest of every known tag, not only new ones (with --now).
+        #[arg(long, requires = "now")]
         full: bool,
-        /// Fail at once (exit 75) instead of waiting when another sync holds the lock.
-        #[arg(long)]
+        /// Fail at once (exit 75) instead of waiting when another sync holds the lock (with
+        /// --now).
+        #[arg(long, requires = "now")]
         no_wait: bool,
     },
     /// Show the last run and the mirror's totals, read from the ledger.
@@ -96,5 +97,16 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn full_and_no_wait_need_now() {
+        use clap::Parser as _;
+        for flag in ["--full", "--no-wait"] {
+            let err = super::Cli::try_parse_from(["spack-mirrord", "sync", flag]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{flag}: {err}");
+            assert!(err.to_string().contains("--now"), "{flag}: {err}");
+            assert!(super::Cli::try_parse_from(["spack-mirrord", "sync", "--now", flag]).is_ok());
+        }
     }
 }

@@ -26,6 +26,8 @@ pub struct SyncPlan {
     pub has_index: bool,
     /// Tags that are neither specs nor the index, including names that are not valid tags.
     pub ignored: Vec<String>,
+    /// Of `ignored`, the names that are not valid OCI tags at all.
+    pub invalid: Vec<String>,
 }
 
 /// Sorts the registry's tags into fetch, recheck and keep.
@@ -43,6 +45,7 @@ pub fn plan_sync<S1: BuildHasher, S2: BuildHasher>(
     for raw in unique {
         let Ok(tag) = raw.parse::<Tag>() else {
             plan.ignored.push(raw.clone());
+            plan.invalid.push(raw.clone());
             continue;
         };
         match spack::classify_tag(&tag) {
@@ -234,6 +237,11 @@ mod tests {
         assert_eq!(tags(&plan.fetch), ["b-1-y.spack"]);
         assert!(plan.has_index);
         assert_eq!(plan.ignored, ["../evil", "latest"]);
+        assert_eq!(
+            plan.invalid,
+            ["../evil"],
+            "only the name that is no OCI tag"
+        );
         assert_eq!(plan.spec_tags.len(), 2);
     }
 

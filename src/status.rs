@@ -155,7 +155,14 @@ impl fmt::Display for StatusReport {
         };
         let when = match &r.finished_at {
             Some(end) => format!("started {}, finished {end}", r.started_at),
-            None => format!("started {}, still running (pid {})", r.started_at, r.pid),
+            None if r.outcome == Outcome::Running => {
+                format!("started {}, still running (pid {})", r.started_at, r.pid)
+            }
+            // The writer died without finishing (kill -9, a crash, a power cut).
+            None => format!(
+                "started {}, interrupted (pid {} is gone)",
+                r.started_at, r.pid
+            ),
         };
         writeln!(
             f,
@@ -212,6 +219,21 @@ impl fmt::Display for StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_whose_writer_died_reads_as_interrupted_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // No process has this pid: pid_max is at most 2^22.
+        store
+            .start_run(Trigger::Manual, 0x7fff_fff0, 100, |_| true)
+            .unwrap();
+        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m")).unwrap();
+        let text = r.to_string();
+        assert!(text.contains("#1 failed"), "{text}");
+        assert!(text.contains("interrupted"), "{text}");
+        assert!(!text.contains("still running"), "{text}");
+    }
 
     #[test]
     fn before_any_run_the_report_is_empty_but_names_the_root() {

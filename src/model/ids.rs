@@ -247,7 +247,11 @@ impl FromStr for RepoRef {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
         };
-        let repository = repository.to_ascii_lowercase();
+        if repository.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad(
+                "the repository name has uppercase letters, which OCI repository names cannot have; write it in lowercase",
+            ));
+        }
         if repository.is_empty() || !repository.split('/').all(component_ok) {
             return Err(bad(
                 "the repository name must be lowercase path components of [a-z0-9._-]",
@@ -256,7 +260,7 @@ impl FromStr for RepoRef {
         Ok(Self {
             scheme,
             registry: registry.to_ascii_lowercase(),
-            repository,
+            repository: repository.to_owned(),
         })
     }
 }
@@ -325,6 +329,7 @@ mod tests {
             "oci:///x",
             "oci://ghcr.io/x:latest",
             "oci://ghcr.io/a//b",
+            "oci://ghcr.io/Spack/cache",
         ] {
             assert!(bad.parse::<RepoRef>().is_err(), "{bad}");
         }

@@ -75,7 +75,11 @@ impl Run<'_> {
         self.report_progress(|p| p.specs_total = specs_total);
         self.counts.tags_ignored += plan.ignored.len() as u64;
         for tag in &plan.ignored {
-            tracing::debug!(tag, "tag ignored: neither a spec nor the index");
+            if plan.invalid.contains(tag) {
+                tracing::debug!(tag, "tag ignored: not a valid OCI tag");
+            } else {
+                tracing::debug!(tag, "tag ignored: neither a spec nor the index");
+            }
         }
         let mut seen: Vec<(&str, ListedKind)> = plan
             .spec_tags
@@ -100,6 +104,7 @@ impl Run<'_> {
             recheck = plan.recheck.len(),
             keep = plan.keep.len(),
             ignored = plan.ignored.len(),
+            invalid = plan.invalid.len(),
             "tags listed"
         );
         Ok(plan)
