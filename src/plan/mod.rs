@@ -4,11 +4,17 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::path::PathBuf;
 
 use crate::model::{Digest, Tag};
 use crate::spack::{self, TagKind};
 use crate::store::KnownTag;
+
+mod space;
+
+pub use space::{
+    BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit, on_disk,
+    space_margin,
+};
 
 /// What to do with the registry's tags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,88 +85,6 @@ pub fn plan_blobs<'a, S: BuildHasher>(
         .filter(|d| !present.contains(&d.digest) && seen.insert(d.digest.clone()))
         .cloned()
         .collect()
-}
-
-/// Space every file takes at least: filesystems allocate whole blocks.
-pub const BLOCK: u64 = 4096;
-/// The least free space a run keeps in reserve on each filesystem it writes to.
-pub const MIN_MARGIN: u64 = 1 << 20;
-
-/// The bytes `sizes` take on disk, each file rounded up to whole blocks.
-pub fn on_disk(sizes: impl IntoIterator<Item = u64>) -> u64 {
-    sizes
-        .into_iter()
-        .map(|n| n.div_ceil(BLOCK).saturating_mul(BLOCK))
-        .fold(0, u64::saturating_add)
-}
-
-/// The reserve kept free beyond what a run expects to write: the larger of 1 MiB and 1% of
-/// it. It covers directories, the estimates of the small files and the ledger, and other
-/// writers on the filesystem, without refusing small runs on small filesystems (a 100 KiB
-/// run needs 1.1 MiB free). A run that writes nothing needs nothing.
-pub fn space_margin(needed: u64) -> u64 {
-    if needed == 0 {
-        0
-    } else {
-        (needed / 100).max(MIN_MARGIN)
-    }
-}
-
-/// What a run will write on one filesystem, and what is free there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpaceDemand {
-    /// The config key that places this directory (`mirror.root`, `state.dir`).
-    pub key: &'static str,
-    pub path: PathBuf,
-    /// The filesystem (`st_dev`); demands on the same one add up.
-    pub dev: u64,
-    /// Bytes the run still has to write there, without the margin.
-    pub needed: u64,
-    /// Bytes free there.
-    pub available: u64,
-}
-
-/// A filesystem without room for the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpaceShortfall {
-    /// The config keys placing directories on it, in the order given.
-    pub keys: Vec<&'static str>,
-    /// The first directory on it.
-    pub path: PathBuf,
-    /// Bytes needed there, margin included.
-    pub needed: u64,
-    pub available: u64,
-}
-
-/// The free-space pre-flight: every filesystem must hold what the run writes there plus
-/// [`space_margin`]. Returns the first one that cannot.
-pub fn check_space(demands: &[SpaceDemand]) -> Result<(), SpaceShortfall> {
-    let mut by_dev: Vec<(u64, SpaceShortfall)> = Vec::new();
-    for d in demands {
-        match by_dev.iter_mut().find(|(dev, _)| *dev == d.dev) {
-            Some((_, s)) => {
-                s.keys.push(d.key);
-                s.needed = s.needed.saturating_add(d.needed);
-                s.available = s.available.min(d.available);
-            }
-            None => by_dev.push((
-                d.dev,
-                SpaceShortfall {
-                    keys: vec![d.key],
-                    path: d.path.clone(),
-                    needed: d.needed,
-                    available: d.available,
-                },
-            )),
-        }
-    }
-    for (_, mut s) in by_dev {
-        s.needed = s.needed.saturating_add(space_margin(s.needed));
-        if s.needed > s.available {
-            return Err(s);
-        }
-    }
-    Ok(())
 }
 
 /// Where the published index comes from.
@@ -314,91 +238,6 @@ mod tests {
         r.db_version = Some("7".to_owned());
         assert_eq!(choose_index(&wanted, Some(&r)), IndexSource::Synthesize);
         assert_eq!(choose_index(&wanted, None), IndexSource::Synthesize);
-    }
-
-    const KIB: u64 = 1 << 10;
-    const MIB: u64 = 1 << 20;
-
-    fn demand(key: &'static str, dev: u64, needed: u64, available: u64) -> SpaceDemand {
-        SpaceDemand {
-            key,
-            path: PathBuf::from(format!("/fs{dev}/{key}")),
-            dev,
-            needed,
-            available,
-        }
-    }
-
-    #[test]
-    fn the_margin_is_one_mib_or_one_percent_and_nothing_for_nothing() {
-        for (needed, margin) in [
-            (0, 0),
-            (1, MIB),
-            (100 * KIB, MIB),
-            (100 * MIB, MIB),
-            (200 * MIB, 2 * MIB),
-            (1 << 40, (1 << 40) / 100),
-            (u64::MAX, u64::MAX / 100),
-        ] {
-            assert_eq!(space_margin(needed), margin, "needed {needed}");
-        }
-    }
-
-    #[test]
-    fn files_take_whole_blocks() {
-        assert_eq!(on_disk([]), 0);
-        assert_eq!(on_disk([0, 1, 4096, 4097]), 4096 + 4096 + 8192);
-        assert_eq!(on_disk([u64::MAX, 1]), u64::MAX);
-    }
-
-    #[test]
-    fn the_preflight_compares_need_plus_margin_with_free_space() {
-        // (needed, available, fits): a 2 MiB filesystem, as in the disk tests.
-        for (needed, available, fits) in [
-            (0, 0, true),
-            (100 * KIB, 2 * MIB, true),
-            (MIB, 2 * MIB, true),
-            (MIB + 1, 2 * MIB, false),
-            (3 * MIB, 2 * MIB, false),
-            (1, MIB, false),
-            (500 * MIB, 506 * MIB, true),
-            (500 * MIB, 504 * MIB, false),
-        ] {
-            let got = check_space(&[demand("mirror.root", 1, needed, available)]);
-            assert_eq!(got.is_ok(), fits, "needed {needed}, available {available}");
-        }
-    }
-
-    #[test]
-    fn a_shortfall_names_the_filesystem_with_margin_included() {
-        let err = check_space(&[
-            demand("mirror.root", 1, 10 * KIB, 100 * MIB),
-            demand("state.dir", 2, 3 * MIB, 2 * MIB),
-        ])
-        .unwrap_err();
-        assert_eq!(
-            err,
-            SpaceShortfall {
-                keys: vec!["state.dir"],
-                path: PathBuf::from("/fs2/state.dir"),
-                needed: 4 * MIB,
-                available: 2 * MIB,
-            }
-        );
-    }
-
-    #[test]
-    fn demands_on_one_filesystem_add_up() {
-        let root = demand("mirror.root", 7, 600 * KIB, 2 * MIB);
-        let state = demand("state.dir", 7, 600 * KIB, 2 * MIB);
-        assert!(check_space(std::slice::from_ref(&root)).is_ok());
-        let err = check_space(&[root.clone(), state.clone()]).unwrap_err();
-        assert_eq!(err.keys, ["mirror.root", "state.dir"]);
-        assert_eq!(err.path, root.path);
-        assert_eq!(err.needed, 1200 * KIB + MIB);
-        // On two filesystems, each holds its own share.
-        let state = SpaceDemand { dev: 8, ..state };
-        assert!(check_space(&[root, state]).is_ok());
     }
 
     #[test]
