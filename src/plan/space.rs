@@ -184,17 +184,14 @@ pub fn fit(claims: &[Claim], reserved: &[u64], available: &[u64]) -> Fit {
                 available: available[v],
             })
         });
-        match short {
-            Some(why) => {
-                taken[i] = Some(false);
-                out.rejected.push((i, why));
-            }
-            None => {
-                taken[i] = Some(true);
-                used = after;
-                counted.extend(new_blobs);
-                out.accepted.push(i);
-            }
+        if let Some(why) = short {
+            taken[i] = Some(false);
+            out.rejected.push((i, why));
+        } else {
+            taken[i] = Some(true);
+            used = after;
+            counted.extend(new_blobs);
+            out.accepted.push(i);
         }
     }
     out
