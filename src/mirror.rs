@@ -110,6 +110,8 @@ pub struct Volume {
     pub dev: u64,
     /// Bytes available to non-root writers (`f_bavail * f_frsize`).
     pub available: u64,
+    /// The filesystem's whole size (`f_blocks * f_frsize`).
+    pub total: u64,
 }
 
 /// Where a run's downloads land: the root's filesystem and the staging directory's. They
@@ -133,6 +135,7 @@ pub fn volume(path: &Path) -> Result<Volume, Error> {
         path: path.to_owned(),
         dev,
         available: st.f_bavail.saturating_mul(st.f_frsize),
+        total: st.f_blocks.saturating_mul(st.f_frsize),
     })
 }
 

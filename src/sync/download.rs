@@ -29,6 +29,15 @@ pub enum BlobError {
     ConfigTooLarge { tag: String, size: u64, limit: u64 },
     #[error("blob {digest} was not fetched: see the other file")]
     NotFetched { digest: Digest },
+    #[error(
+        "its manifest declares blob {digest} of {size} bytes, more than {limit_name} ({limit} bytes); not downloaded"
+    )]
+    Absurd {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
 }
 
 /// Streams one blob into the mirror at `dest`, verified against its digest and size. The

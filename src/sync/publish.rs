@@ -79,8 +79,8 @@ impl Run<'_> {
             .filter(|d| self.is_intact(&spack::blob_path(d)))
             .cloned()
             .collect();
+        let candidates = self.fit_space(candidates, &present, kept_json)?;
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
-        self.check_space(&jobs, &candidates, kept_json)?;
         let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
         tracing::info!(
             blobs = jobs.len(),

@@ -3,14 +3,19 @@
 //! ([`plan::check_space`] decides; this reads the free space through `mirror`). Also the
 //! reasons a run stops as a whole ([`Stop`]).
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Candidate, Run};
+use super::{BlobError, Candidate, Run};
 use crate::error::Failure;
 use crate::mirror::{self, Volume};
-use crate::model::ByteSize;
-use crate::plan;
-use crate::spack::Descriptor;
+use crate::model::{ByteSize, Digest};
+use crate::plan::{self, Claim, NoRoom};
+
+/// The largest blob a manifest may declare (1 TiB). Declared sizes are the registry's word:
+/// a larger one is taken as false, and its spec fails alone instead of starving the others.
+pub const MAX_DECLARED_BYTES: u64 = 1 << 40;
 
 /// Pre-flight estimate of a spec manifest (two records; about 600 bytes in practice).
 const SPEC_MANIFEST_BYTES: u64 = 2 << 10;
@@ -39,40 +44,253 @@ pub enum Stop {
     AllSources(String),
 }
 
-impl Run<'_> {
-    /// The pre-flight of the Spack sources: the missing tarballs, then per spec its spec blob
-    /// and manifest, then an index listing every spec. `kept_json` is the JSON size of the
-    /// specs already published.
-    pub(super) fn check_space(
-        &self,
-        jobs: &[Descriptor],
-        candidates: &[Candidate],
-        kept_json: u64,
-    ) -> Result<(), Failure> {
-        if candidates.is_empty() {
-            return Ok(());
+/// One filesystem a run writes to, with the config keys that place directories on it.
+struct Filesystem {
+    dev: u64,
+    keys: Vec<&'static str>,
+    path: PathBuf,
+    available: u64,
+    total: u64,
+}
+
+/// The filesystems of a run and which is which (indexes into `filesystems`).
+struct Volumes {
+    filesystems: Vec<Filesystem>,
+    root: usize,
+    staging: Option<usize>,
+    state: usize,
+}
+
+impl Volumes {
+    fn add(&mut self, key: &'static str, v: &Volume) -> usize {
+        if let Some(i) = self.filesystems.iter().position(|f| f.dev == v.dev) {
+            if !self.filesystems[i].keys.contains(&key) {
+                self.filesystems[i].keys.push(key);
+            }
+            return i;
         }
-        let json: Vec<u64> = candidates
+        self.filesystems.push(Filesystem {
+            dev: v.dev,
+            keys: vec![key],
+            path: v.path.clone(),
+            available: v.available,
+            total: v.total,
+        });
+        self.filesystems.len() - 1
+    }
+
+    /// What one candidate writes where: its spec blob and manifest under the root, its rows
+    /// in the ledger (WAL writes them twice), its tarball (shared, unless present) under the
+    /// root and in the staging directory.
+    fn claim(&self, c: &Candidate, present: &HashSet<Digest>) -> Claim {
+        let json = c.spec.spec_json.len() as u64;
+        let mut own = vec![0; self.filesystems.len()];
+        // A spec blob is the gzip of the spec's JSON: no bigger than the JSON and a header.
+        own[self.root] += plan::on_disk([json.saturating_add(64), SPEC_MANIFEST_BYTES]);
+        own[self.state] += json.saturating_add(LEDGER_SPEC_BYTES).saturating_mul(2);
+        let d = &c.image.tarball;
+        let blobs = if present.contains(&d.digest) {
+            Vec::new()
+        } else {
+            let mut costs = vec![0; self.filesystems.len()];
+            costs[self.root] += plan::on_disk([d.size]);
+            if let Some(s) = self.staging {
+                costs[s] += plan::on_disk([d.size]);
+            }
+            vec![(d.digest.clone(), costs)]
+        };
+        Claim {
+            key: c.spec.hash.clone(),
+            needs: c.spec.requires.clone(),
+            own,
+            blobs,
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The pre-flight of the Spack sources. Declared sizes are untrusted: a spec whose tarball
+    /// is declared larger than [`MAX_DECLARED_BYTES`] or than the root's whole filesystem
+    /// fails alone. What the others will write (the missing tarballs, then per spec its spec
+    /// blob and manifest, then an index listing every spec, and the ledger's rows) must fit
+    /// their filesystems with [`plan::space_margin`]; when not all of it does, [`plan::fit`]
+    /// picks what to publish (complete specs with their dependencies, the same choice every
+    /// run) and the others fail naming the filesystem. Only when nothing fits does the run
+    /// fail, before writing anything. `kept_json` is the JSON size of the published specs.
+    pub(super) fn fit_space(
+        &mut self,
+        candidates: Vec<Candidate>,
+        present: &HashSet<Digest>,
+        kept_json: u64,
+    ) -> Result<Vec<Candidate>, Failure> {
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let volumes = match self.volumes() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "free space unknown; downloading without the pre-flight"
+                );
+                return Ok(candidates);
+            }
+        };
+        let root_total = volumes.filesystems[volumes.root].total;
+        let mut candidates = self.refuse_absurd(candidates, present, root_total)?;
+        candidates.sort_by(|a, b| a.tag.cmp(&b.tag));
+        let json_total = candidates
             .iter()
             .map(|c| c.spec.spec_json.len() as u64)
-            .collect();
-        let new_json = json.iter().copied().fold(0, u64::saturating_add);
-        // A spec blob is the gzip of the spec's JSON: no bigger than the JSON and a header.
-        let root_needed = [
-            plan::on_disk(jobs.iter().map(|j| j.size)),
-            plan::on_disk(json.iter().map(|n| n.saturating_add(64))),
-            plan::on_disk(json.iter().map(|_| SPEC_MANIFEST_BYTES)),
-            plan::on_disk([kept_json.saturating_add(new_json), SPEC_MANIFEST_BYTES]),
-        ]
-        .into_iter()
-        .fold(0, u64::saturating_add);
-        // The ledger keeps each spec's JSON and its rows; WAL writes them twice.
-        let ledger_needed = json
+            .fold(kept_json, u64::saturating_add);
+        let mut reserved = vec![0; volumes.filesystems.len()];
+        reserved[volumes.root] = plan::on_disk([json_total, SPEC_MANIFEST_BYTES]);
+        let claims: Vec<Claim> = candidates
             .iter()
-            .map(|n| n.saturating_add(LEDGER_SPEC_BYTES))
-            .fold(0, u64::saturating_add)
-            .saturating_mul(2);
-        self.check_free_space(root_needed, ledger_needed)
+            .map(|c| volumes.claim(c, present))
+            .collect();
+        let available: Vec<u64> = volumes.filesystems.iter().map(|f| f.available).collect();
+        let verdict = plan::fit(&claims, &reserved, &available);
+        tracing::debug!(
+            specs = claims.len(),
+            fit = verdict.accepted.len(),
+            "free space checked"
+        );
+        if verdict.rejected.is_empty() {
+            return Ok(candidates);
+        }
+        if verdict.accepted.is_empty() {
+            let (volume, needed, available) = verdict
+                .rejected
+                .iter()
+                .find_map(|(_, why)| match why {
+                    NoRoom::Space {
+                        volume,
+                        needed,
+                        available,
+                    } => Some((*volume, *needed, *available)),
+                    NoRoom::Needs(_) => None,
+                })
+                .unwrap_or((volumes.root, 0, 0));
+            let fs = &volumes.filesystems[volume];
+            tracing::warn!(path = %fs.path.display(), needed, available, "not enough free space; nothing downloaded");
+            return Err(Stop::NoSpace {
+                keys: fs.keys.join(" and "),
+                path: fs.path.clone(),
+                needed,
+                available,
+            }
+            .into());
+        }
+        tracing::warn!(
+            fit = verdict.accepted.len(),
+            left_out = verdict.rejected.len(),
+            "not every spec fits the free space; publishing those that do"
+        );
+        self.fail_left_out(&candidates, &verdict.rejected, &volumes)?;
+        let accepted: HashSet<usize> = verdict.accepted.iter().copied().collect();
+        Ok(candidates
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| accepted.contains(i))
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Fails, alone, each candidate whose tarball is declared larger than any sane blob.
+    fn refuse_absurd(
+        &mut self,
+        candidates: Vec<Candidate>,
+        present: &HashSet<Digest>,
+        root_total: u64,
+    ) -> Result<Vec<Candidate>, Failure> {
+        let mut sane = Vec::new();
+        for c in candidates {
+            let d = &c.image.tarball;
+            let limit = [
+                (MAX_DECLARED_BYTES, "spack-mirrord's limit for one blob"),
+                (root_total, "the whole filesystem of mirror.root"),
+            ]
+            .into_iter()
+            .find(|(limit, _)| d.size > *limit && !present.contains(&d.digest));
+            match limit {
+                Some((limit, limit_name)) => {
+                    let absurd = BlobError::Absurd {
+                        digest: d.digest.clone(),
+                        size: d.size,
+                        limit,
+                        limit_name,
+                    };
+                    self.fail_item_with(c.source, c.tag.as_str(), &absurd.into())?;
+                }
+                None => sane.push(c),
+            }
+        }
+        Ok(sane)
+    }
+
+    /// Fails each candidate [`plan::fit`] left out, saying which filesystem it did not fit.
+    fn fail_left_out(
+        &mut self,
+        candidates: &[Candidate],
+        rejected: &[(usize, NoRoom)],
+        volumes: &Volumes,
+    ) -> Result<(), Failure> {
+        let hash_names: std::collections::HashMap<&str, String> = candidates
+            .iter()
+            .map(|c| {
+                let n = format!("{}@{}/{}", c.spec.name, c.spec.version, c.spec.hash);
+                (c.spec.hash.as_str(), n)
+            })
+            .collect();
+        let mut messages = Vec::new();
+        for (i, why) in rejected {
+            let msg = match why {
+                NoRoom::Space {
+                    volume,
+                    needed,
+                    available,
+                } => {
+                    let fs = &volumes.filesystems[*volume];
+                    let keys = fs.keys.join(" and ");
+                    format!(
+                        "would not fit: the filesystem of {keys} ({}) has {} free and the run needs {} with this spec and margin; free space there or move {keys}",
+                        fs.path.display(),
+                        ByteSize(*available),
+                        ByteSize(*needed)
+                    )
+                }
+                NoRoom::Needs(hash) => format!(
+                    "would not fit: it needs {}, which does not fit the free space",
+                    hash_names.get(hash.as_str()).unwrap_or(hash)
+                ),
+            };
+            messages.push((*i, msg));
+        }
+        for (i, msg) in &messages {
+            let c = &candidates[*i];
+            self.fail_item(c.source, c.tag.as_str(), msg)?;
+        }
+        Ok(())
+    }
+
+    /// The filesystems a Spack run writes to: the root's, the staging directory's (when
+    /// another) and the ledger's, each once.
+    fn volumes(&self) -> Result<Volumes, mirror::Error> {
+        let space = self.mirror.free_space()?;
+        let state = mirror::volume(&self.config.state_dir)?;
+        let mut v = Volumes {
+            filesystems: Vec::new(),
+            root: 0,
+            staging: None,
+            state: 0,
+        };
+        v.root = v.add("mirror.root", &space.root);
+        if space.staging.dev != space.root.dev {
+            v.staging = Some(v.add("mirror.root", &space.staging));
+        }
+        v.state = v.add("state.dir", &state);
+        Ok(v)
     }
 
     /// Compares what a run will write under the root and into the ledger, plus a margin,
