@@ -108,7 +108,9 @@ fn docker_credentials(
     {
         return Ok(());
     }
-    if let Some(f) = crate::credentials::discover(&repo.registry)? {
+    if let Some(f) =
+        crate::credentials::discover(&repo.registry).map_err(|e| Error::Docker(Box::new(e)))?
+    {
         found.insert(repo.registry, f);
     }
     Ok(())

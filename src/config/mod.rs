@@ -64,8 +64,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Docker's credentials could not be found or read (`credentials::discover`). Kept whole
+    /// and transparent, so the message and its `caused by:` chain are exactly the
+    /// credentials module's (they name the docker config, helper and registry); boxed so that
+    /// `config` does not name another module's error type (only `error` does).
     #[error(transparent)]
-    Docker(#[from] crate::credentials::Error),
+    Docker(Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

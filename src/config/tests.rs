@@ -284,3 +284,25 @@ fn a_repositories_file_is_read_relative_to_the_config() {
     let err = load(&config).unwrap_err().to_string();
     assert!(err.contains("source.repositories_file"), "{err}");
 }
+
+#[test]
+fn a_docker_credentials_failure_keeps_its_message_chain_and_exit_code() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("docker config /h/.docker/config.json cannot be read; fix its permissions")]
+    struct Failure(#[source] std::io::Error);
+    let failure = || Failure(std::io::Error::other("permission denied"));
+    let err = Error::Docker(Box::new(failure()));
+    assert_eq!(
+        crate::error::error_chain(&err),
+        crate::error::error_chain(&failure())
+    );
+    assert_eq!(
+        crate::error::error_chain(&err),
+        "docker config /h/.docker/config.json cannot be read; fix its permissions: permission denied"
+    );
+    let code = crate::error::Error::from(err).exit_code();
+    assert_eq!(
+        format!("{code:?}"),
+        format!("{:?}", std::process::ExitCode::from(78))
+    );
+}

@@ -226,9 +226,9 @@ fn validate_source(
             "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\"".to_owned(),
         )
     })?;
-    let repo: RepoRef = url
-        .parse()
-        .map_err(|e: crate::model::Error| key_err("url", e.to_string()))?;
+    let repo = url
+        .parse::<RepoRef>()
+        .map_err(|e| key_err("url", e.to_string()))?;
     let layout = match entry.layout.as_str() {
         "spack-oci" => Layout::SpackOci,
         "oras-files" => Layout::OrasFiles,
