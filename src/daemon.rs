@@ -312,7 +312,17 @@ async fn reload_loop(
         }
         notify(&states);
         let old = config_tx.borrow().clone();
-        match config::load(&old.path) {
+        // A `docker-credential-<name>` helper may run during the load: keep it off the workers.
+        let path = old.path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+            Ok(loaded) => loaded,
+            Err(join) => match join.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            },
+        };
+        match loaded {
             Ok(new) => {
                 let new = keep_restart_only_keys(&old, new);
                 if new.schedule_text != old.schedule_text {

@@ -1,0 +1,182 @@
+//! Loading the configuration: the one effectful part of `config`. figment merges the defaults,
+//! the TOML file (`Toml::file_exact`, after checking it can be opened) and
+//! `SPACK_MIRRORD_<SECTION>__<KEY>` variables; then the files the config names are read
+//! (`password_file`, `ca_file`, `repositories_file`), `GITHUB_TOKEN` is taken from the
+//! environment and Docker's credentials are looked up (`credentials::discover`), and the pure
+//! `validate` gets the result. This is the only place in the crate that reads environment
+//! variables (besides `credentials`). It must not decide what a value means: every check of a
+//! value belongs in `validate`.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+
+use super::file::{FileConfig, FileSource};
+use super::validate::resolve;
+use super::{Ambient, Config, Error, Purpose, validate};
+use crate::model::{CaPem, RepoRef, Secret};
+
+/// Reads the file and the environment and validates the result.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    load_for(path, Purpose::Registry)
+}
+
+/// `load`, looking up Docker credentials only when `purpose` needs the registry.
+pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
+    if let Err(source) = std::fs::File::open(path) {
+        return Err(Error::Unreadable {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    let file: FileConfig = Figment::from(Serialized::defaults(FileConfig::default()))
+        .merge(Toml::file_exact(path))
+        .merge(
+            Env::prefixed("SPACK_MIRRORD_")
+                .ignore(&["config"])
+                .split("__"),
+        )
+        .extract()
+        .map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config/load.rs is the one reader of the environment; GITHUB_TOKEN is the one secret taken from it (decisions.md 17)"
+    )]
+    let github_token = std::env::var("GITHUB_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+    let mut file = file;
+    read_repository_lists(path, &mut file)?;
+    let mut passwords = Vec::new();
+    let mut cas = Vec::new();
+    let mut docker = std::collections::BTreeMap::new();
+    for entry in file.source.iter().chain(&file.sources) {
+        passwords.push(match &entry.password_file {
+            Some(p) => {
+                let p = resolve(path, p);
+                let text = std::fs::read_to_string(&p).map_err(|source| Error::PasswordFile {
+                    path: path.to_owned(),
+                    file: p.clone(),
+                    source,
+                })?;
+                Some((p, strip_one_newline(text)))
+            }
+            None => None,
+        });
+        cas.push(match &entry.ca_file {
+            Some(p) => Some(read_ca(path, &resolve(path, p))?),
+            None => None,
+        });
+        if purpose == Purpose::Registry {
+            docker_credentials(entry, github_token.is_some(), &mut docker)?;
+        }
+    }
+    let mut config = validate(
+        path,
+        file,
+        passwords,
+        &Ambient {
+            github_token,
+            docker,
+        },
+    )?;
+    for (source, ca) in config.sources.iter_mut().zip(cas) {
+        source.network.ca_pem = ca;
+    }
+    Ok(config)
+}
+
+/// Docker's credentials for a source's registry, looked up only when nothing earlier in the
+/// order applies (so no credential helper runs needlessly).
+fn docker_credentials(
+    entry: &FileSource,
+    have_github_token: bool,
+    found: &mut std::collections::BTreeMap<String, crate::credentials::Found>,
+) -> Result<(), Error> {
+    let Some(repo) = entry.url.as_deref().and_then(|u| u.parse::<RepoRef>().ok()) else {
+        return Ok(());
+    };
+    let explicit = entry.username.is_some() || entry.password_file.is_some();
+    if explicit
+        || (have_github_token && repo.registry == "ghcr.io")
+        || found.contains_key(&repo.registry)
+    {
+        return Ok(());
+    }
+    if let Some(f) =
+        crate::credentials::discover(&repo.registry).map_err(|e| Error::Docker(Box::new(e)))?
+    {
+        found.insert(repo.registry, f);
+    }
+    Ok(())
+}
+
+/// Reads and checks a source's `ca_file`.
+fn read_ca(path: &Path, ca: &Path) -> Result<CaPem, Error> {
+    let key_err = |reason: String| Error::Key {
+        path: path.to_owned(),
+        key: "source.ca_file".to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        key_err(format!(
+            "names {}, which cannot be read ({e}); fix the path or remove the key",
+            ca.display()
+        ))
+    })?;
+    CaPem::parse(ca, pem).map_err(|e| key_err(format!("is not usable: {e}")))
+}
+
+/// Appends the entries of each source's `repositories_file` to its `repositories`.
+fn read_repository_lists(path: &Path, file: &mut FileConfig) -> Result<(), Error> {
+    let keyed = file
+        .source
+        .iter_mut()
+        .map(|e| ("source".to_owned(), e))
+        .chain(
+            file.sources
+                .iter_mut()
+                .enumerate()
+                .map(|(i, e)| (format!("sources[{i}]"), e)),
+        );
+    for (key, entry) in keyed {
+        if let Some(list) = &entry.repositories_file {
+            let list = resolve(path, list);
+            let text =
+                std::fs::read_to_string(&list).map_err(|source| Error::RepositoriesFile {
+                    path: path.to_owned(),
+                    key: format!("{key}.repositories_file"),
+                    file: list.clone(),
+                    source,
+                })?;
+            entry.repositories.extend(crate::oras::parse_list(&text));
+        }
+    }
+    Ok(())
+}
+
+fn strip_one_newline(mut s: String) -> String {
+    if s.ends_with("\r\n") {
+        s.truncate(s.len() - 2);
+    } else if s.ends_with('\n') {
+        s.truncate(s.len() - 1);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_trailing_newline_is_stripped_from_passwords() {
+        assert_eq!(strip_one_newline("pw\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\r\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\n\n".to_owned()), "pw\n");
+    }
+}

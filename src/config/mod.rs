@@ -1,0 +1,240 @@
+//! Configuration: what a user can write (`file`: `FileConfig`, serde, unknown keys refused)
+//! and what the program runs on (`Config`, validated and typed). `load` (in `load`) is the only
+//! I/O: it reads the file, the files it names and the environment, then the pure `validate`
+//! (in `validate`) turns the result into a `Config`. This file owns the validated types, the
+//! error and the `config check` view; it reads nothing itself. `config` depends only on
+//! `model`, `credentials`, `tls` and `oras` (name checks), never on the edges that use it.
+
+mod file;
+mod load;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{Credentials, Network, RepoRef, Secret};
+
+pub use file::{FileConfig, FileLog, FileMirror, FileSource, FileState, FileSync};
+pub use load::{load, load_for};
+pub use validate::validate;
+
+/// Where the configuration comes from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/spack-mirrord/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "config file {path} cannot be read; create it (see config.example.toml) or name another with --config"
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Box<figment::Error>,
+    },
+    #[error("config file {path}: key `{key}` {reason}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "config file {path}: repository list {file} ({key}) cannot be read; create it (one repository per line) or remove the key"
+    )]
+    RepositoriesFile {
+        path: PathBuf,
+        key: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: password file {file} (source.password_file) cannot be read")]
+    PasswordFile {
+        path: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Docker's credentials could not be found or read (`credentials::discover`). Kept whole
+    /// and transparent, so the message and its `caused by:` chain are exactly the
+    /// credentials module's (they name the docker config, helper and registry); boxed so that
+    /// `config` does not name another module's error type (only `error` does).
+    #[error(transparent)]
+    Docker(Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a source stores its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// A Spack OCI build cache: one tag per spec (`spack buildcache push oci://…`).
+    SpackOci,
+    /// Each build-cache file its own artifact (`oras push`), one repository per file.
+    OrasFiles,
+}
+
+/// What an `oras-files` source mirrors (see `oras`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrasSettings {
+    /// Artifact repositories relative to the source's repository; empty (and no URL): ask
+    /// the catalog.
+    pub repositories: Vec<String>,
+    /// A list of more repositories, one per line, fetched at each run.
+    pub repositories_url: Option<String>,
+    /// The tag of each artifact.
+    pub tag: String,
+}
+
+/// One registry repository feeding the mirror.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Unique among the sources; keys the ledger's tags.
+    pub name: String,
+    pub repo: RepoRef,
+    pub layout: Layout,
+    pub credentials: Credentials,
+    pub network: Network,
+    /// The `oras-files` keys (defaults for `spack-oci`).
+    pub oras: OrasSettings,
+}
+
+/// The validated configuration the program runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// At least one; names are unique.
+    pub sources: Vec<Source>,
+    /// A run that takes longer is stopped and recorded as failed.
+    pub run_timeout: Duration,
+    pub mirror_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub concurrency: usize,
+    pub schedule: cron::Schedule,
+    pub schedule_text: String,
+    pub on_start: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// What `load` takes from the environment besides the `SPACK_MIRRORD_` variables.
+#[derive(Debug, Clone, Default)]
+pub struct Ambient {
+    pub github_token: Option<Secret>,
+    /// Credentials from Docker's `config.json`, by registry `host[:port]` (`credentials`).
+    pub docker: std::collections::BTreeMap<String, crate::credentials::Found>,
+}
+
+/// What the loaded configuration is for: commands that only read the ledger (`status`,
+/// `verify` without `--repair`) never look up Docker credentials, so a slow credential helper
+/// cannot hold them up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Talking to the registry (or showing how it would be talked to).
+    Registry,
+    /// Reading the ledger and the mirror only.
+    LocalOnly,
+}
+
+/// The effective configuration as `config check` shows it: TOML, secrets redacted.
+#[derive(Debug, Serialize)]
+pub struct Effective {
+    pub sources: Vec<EffectiveSource>,
+    pub mirror: FileMirror,
+    pub state: FileState,
+    pub sync: EffectiveSync,
+    pub log: FileLog,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EffectiveSource {
+    pub name: String,
+    pub url: String,
+    pub layout: Layout,
+    pub credentials: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub max_attempts: u32,
+    pub request_timeout: String,
+    pub stall_timeout: String,
+    pub max_requests_per_second: f64,
+    /// `oras-files` only: the artifact repositories listed (empty: the catalog is asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Vec<String>>,
+    /// `oras-files` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EffectiveSync {
+    pub concurrency: usize,
+    pub schedule: String,
+    pub on_start: bool,
+    pub run_timeout: String,
+}
+
+impl Config {
+    pub fn effective(&self) -> Effective {
+        Effective {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| EffectiveSource {
+                    name: s.name.clone(),
+                    url: s.repo.to_string(),
+                    layout: s.layout,
+                    credentials: match &s.credentials {
+                        Credentials::Anonymous => "anonymous".to_owned(),
+                        Credentials::Basic {
+                            username, origin, ..
+                        } => format!("user {username}, password from {origin} (redacted)"),
+                    },
+                    ca_file: s.network.ca_pem.as_ref().map(|c| c.path.clone()),
+                    max_attempts: s.network.max_attempts,
+                    request_timeout: humantime::format_duration(s.network.request_timeout)
+                        .to_string(),
+                    stall_timeout: humantime::format_duration(s.network.stall_timeout).to_string(),
+                    max_requests_per_second: s.network.max_requests_per_second.unwrap_or(0.0),
+                    repositories: (s.layout == Layout::OrasFiles)
+                        .then(|| s.oras.repositories.clone()),
+                    tag: (s.layout == Layout::OrasFiles).then(|| s.oras.tag.clone()),
+                })
+                .collect(),
+            mirror: FileMirror {
+                root: self.mirror_root.clone(),
+            },
+            state: FileState {
+                dir: self.state_dir.clone(),
+            },
+            sync: EffectiveSync {
+                concurrency: self.concurrency,
+                schedule: self.schedule_text.clone(),
+                on_start: self.on_start,
+                run_timeout: humantime::format_duration(self.run_timeout).to_string(),
+            },
+            log: FileLog {
+                level: self.log_level.clone(),
+                format: match self.log_format {
+                    LogFormat::Text => "text".to_owned(),
+                    LogFormat::Json => "json".to_owned(),
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Tests of `config` through its public functions: `validate` on hand-built `FileConfig`s, and
+//! `load` on real files. Tests of private helpers stay beside their code.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn entry(url: &str) -> FileSource {
+    FileSource {
+        url: Some(url.to_owned()),
+        ..FileSource::default()
+    }
+}
+
+fn file(url: &str) -> FileConfig {
+    FileConfig {
+        source: Some(entry(url)),
+        ..FileConfig::default()
+    }
+}
+
+fn src(f: &mut FileConfig) -> &mut FileSource {
+    f.source.as_mut().unwrap()
+}
+
+fn check(f: FileConfig) -> Result<Config, Error> {
+    validate(
+        Path::new("/etc/x/config.toml"),
+        f,
+        Vec::new(),
+        &Ambient::default(),
+    )
+}
+
+fn err_of(f: FileConfig) -> String {
+    check(f).unwrap_err().to_string()
+}
+
+#[test]
+fn the_example_config_loads_and_shows_every_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let c = load(&path).unwrap();
+    let d = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
+    assert_eq!(c.sources.len(), 1);
+    assert_eq!(c.sources[0].repo, d.sources[0].repo);
+    assert_eq!(c.sources[0].name, d.sources[0].name);
+    assert_eq!(c.sources[0].layout, d.sources[0].layout);
+    assert_eq!(c.sources[0].network, d.sources[0].network);
+    assert_eq!(c.mirror_root, d.mirror_root);
+    assert_eq!(c.state_dir, d.state_dir);
+    assert_eq!(c.concurrency, d.concurrency);
+    assert_eq!(c.schedule_text, d.schedule_text);
+    assert_eq!(c.on_start, d.on_start);
+    assert_eq!(c.log_level, d.log_level);
+    assert_eq!(c.log_format, d.log_format);
+    assert_eq!(c.run_timeout, d.run_timeout);
+}
+
+#[test]
+fn defaults_with_a_url_validate() {
+    let c = check(file("oci://ghcr.io/spack/github-actions-buildcache")).unwrap();
+    assert_eq!(c.concurrency, 8);
+    assert_eq!(c.mirror_root, Path::new("/var/lib/spack-mirrord/mirror"));
+    let s = &c.sources[0];
+    assert_eq!(s.credentials, Credentials::Anonymous);
+    assert_eq!(s.name, "spack/github-actions-buildcache");
+    assert_eq!(s.layout, Layout::SpackOci);
+    assert!(c.on_start);
+}
+
+#[test]
+fn missing_url_names_the_key() {
+    let err = err_of(FileConfig::default());
+    assert!(err.contains("source.url"), "{err}");
+    assert!(err.contains("/etc/x/config.toml"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let mut f = file("oci://ghcr.io/a/b");
+    f.sync.concurrency = 0;
+    assert!(err_of(f).contains("sync.concurrency"));
+    let mut f = file("oci://ghcr.io/a/b");
+    f.sync.schedule = "*/5 * * * *".to_owned();
+    assert!(err_of(f).contains("sync.schedule"));
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).request_timeout = "soon".to_owned();
+    assert!(err_of(f).contains("source.request_timeout"));
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).max_attempts = 0;
+    assert!(err_of(f).contains("source.max_attempts"));
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).max_requests_per_second = -1.0;
+    assert!(err_of(f).contains("source.max_requests_per_second"));
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).layout = "flat".to_owned();
+    assert!(err_of(f).contains("source.layout"));
+    let mut f = file("oci://ghcr.io/a/b");
+    f.sync.run_timeout = "0s".to_owned();
+    assert!(err_of(f).contains("sync.run_timeout"));
+    let mut f = file("oci://ghcr.io/a/b");
+    f.log.format = "xml".to_owned();
+    assert!(err_of(f).contains("log.format"));
+    let err = err_of(file("https://ghcr.io/a/b"));
+    assert!(err.contains("source.url"), "{err}");
+}
+
+#[test]
+fn several_sources_are_named_and_checked_each() {
+    let mut f = FileConfig {
+        sources: vec![
+            entry("oci://ghcr.io/spack/github-actions-buildcache"),
+            FileSource {
+                name: Some("site".to_owned()),
+                ..entry("oci+http://127.0.0.1:5000/site/cache")
+            },
+        ],
+        ..FileConfig::default()
+    };
+    let c = check(f.clone()).unwrap();
+    let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["spack/github-actions-buildcache", "site"]);
+    f.sources[1].url = Some("ftp://x/y".to_owned());
+    assert!(err_of(f.clone()).contains("sources[1].url"));
+    f.sources[1] = entry("oci://ghcr.io/spack/github-actions-buildcache");
+    let err = err_of(f.clone());
+    assert!(err.contains("sources[1].name"), "{err}");
+    f.source = Some(entry("oci://ghcr.io/a/b"));
+    let err = err_of(f);
+    assert!(err.contains("one spelling"), "{err}");
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_directory() {
+    let mut f = file("oci+http://127.0.0.1:5000/c");
+    f.mirror.root = PathBuf::from("mirror");
+    f.state.dir = PathBuf::from("state");
+    let c = check(f).unwrap();
+    assert_eq!(c.mirror_root, Path::new("/etc/x/mirror"));
+    assert_eq!(c.state_dir, Path::new("/etc/x/state"));
+}
+
+#[test]
+fn state_dir_inside_the_mirror_is_refused() {
+    let mut f = file("oci://ghcr.io/a/b");
+    f.mirror.root = PathBuf::from("/srv/m");
+    f.state.dir = PathBuf::from("/srv/m/state");
+    assert!(err_of(f).contains("state.dir"));
+}
+
+#[test]
+fn github_token_is_used_for_ghcr_only_and_never_shown() {
+    let ambient = Ambient {
+        github_token: Some(Secret::new("ghp_secret".to_owned())),
+        ..Ambient::default()
+    };
+    let p = Path::new("/c.toml");
+    let c = validate(p, file("oci://ghcr.io/a/b"), Vec::new(), &ambient).unwrap();
+    assert!(matches!(
+        c.sources[0].credentials,
+        Credentials::Basic { .. }
+    ));
+    let shown = format!("{c:?} {:?}", c.effective());
+    assert!(!shown.contains("ghp_secret"), "{shown}");
+    let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
+    assert_eq!(c.sources[0].credentials, Credentials::Anonymous);
+}
+
+#[test]
+fn docker_credentials_come_after_the_config_and_github_token() {
+    let found = crate::credentials::Found {
+        username: "dockeruser".to_owned(),
+        password: Secret::new("docker_secret".to_owned()),
+        origin: "docker config /h/.docker/config.json (auths)".to_owned(),
+    };
+    let ambient = Ambient {
+        github_token: Some(Secret::new("ghp_secret".to_owned())),
+        docker: [
+            ("ghcr.io".to_owned(), found.clone()),
+            ("quay.io".to_owned(), found),
+        ]
+        .into(),
+    };
+    let p = Path::new("/c.toml");
+    let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
+    let shown = c.effective().sources[0].credentials.clone();
+    assert_eq!(
+        shown,
+        "user dockeruser, password from docker config /h/.docker/config.json (auths) (redacted)"
+    );
+    assert!(!format!("{c:?}").contains("docker_secret"));
+    let c = validate(p, file("oci://ghcr.io/a/b"), Vec::new(), &ambient).unwrap();
+    assert!(
+        c.effective().sources[0]
+            .credentials
+            .contains("GITHUB_TOKEN")
+    );
+    let mut f = file("oci://quay.io/a/b");
+    src(&mut f).username = Some("me".to_owned());
+    let pw = vec![Some((PathBuf::from("/pw"), "s".to_owned()))];
+    let c = validate(p, f, pw, &ambient).unwrap();
+    assert!(
+        c.effective().sources[0]
+            .credentials
+            .contains("source.password_file")
+    );
+    let c = validate(p, file("oci://other.example/a/b"), Vec::new(), &ambient).unwrap();
+    assert_eq!(c.sources[0].credentials, Credentials::Anonymous);
+}
+
+#[test]
+fn password_file_needs_a_username() {
+    let p = Path::new("/c.toml");
+    let pw = vec![Some((PathBuf::from("/pw"), "s".to_owned()))];
+    let err = validate(p, file("oci://ghcr.io/a/b"), pw, &Ambient::default()).unwrap_err();
+    assert!(err.to_string().contains("source.username"));
+}
+
+#[test]
+fn oras_keys_are_checked_and_only_for_the_oras_layout() {
+    let mut f = file("oci://ghcr.io/autamus/spack-build-cache/21.11");
+    src(&mut f).layout = "oras-files".to_owned();
+    src(&mut f).repositories = vec![
+        "build_cache/b.spack".to_owned(),
+        "build_cache/a.spec.json".to_owned(),
+        "build_cache/b.spack".to_owned(),
+    ];
+    let c = check(f.clone()).unwrap();
+    assert_eq!(c.sources[0].layout, Layout::OrasFiles);
+    assert_eq!(
+        c.sources[0].oras,
+        OrasSettings {
+            repositories: vec![
+                "build_cache/a.spec.json".to_owned(),
+                "build_cache/b.spack".to_owned()
+            ],
+            repositories_url: None,
+            tag: "latest".to_owned()
+        }
+    );
+    let mut bad = f.clone();
+    src(&mut bad).repositories_url = Some("ftp://lists/x".to_owned());
+    assert!(err_of(bad).contains("repositories_url"));
+    let mut bad = f.clone();
+    src(&mut bad).repositories = vec!["build_cache/../etc".to_owned()];
+    let err = err_of(bad);
+    assert!(
+        err.contains("source.repositories") && err.contains(".."),
+        "{err}"
+    );
+    let mut bad = f.clone();
+    src(&mut bad).tag = "-x".to_owned();
+    assert!(err_of(bad).contains("source.tag"));
+    let mut spack = f;
+    src(&mut spack).layout = "spack-oci".to_owned();
+    let err = err_of(spack);
+    assert!(
+        err.contains("source.repositories") && err.contains("oras-files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_repositories_file_is_read_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("repos.txt"),
+        "# list\nbuild_cache/x.spack\n\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[source]\nurl = \"oci://ghcr.io/a/b\"\nlayout = \"oras-files\"\n\
+         repositories = [\"build_cache/y.spack\"]\nrepositories_file = \"repos.txt\"\n",
+    )
+    .unwrap();
+    let c = load(&config).unwrap();
+    assert_eq!(
+        c.sources[0].oras.repositories,
+        ["build_cache/x.spack", "build_cache/y.spack"]
+    );
+    std::fs::remove_file(dir.path().join("repos.txt")).unwrap();
+    let err = load(&config).unwrap_err().to_string();
+    assert!(err.contains("source.repositories_file"), "{err}");
+}
+
+#[test]
+fn a_docker_credentials_failure_keeps_its_message_chain_and_exit_code() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("docker config /h/.docker/config.json cannot be read; fix its permissions")]
+    struct Failure(#[source] std::io::Error);
+    let failure = || Failure(std::io::Error::other("permission denied"));
+    let err = Error::Docker(Box::new(failure()));
+    assert_eq!(
+        crate::error::error_chain(&err),
+        crate::error::error_chain(&failure())
+    );
+    assert_eq!(
+        crate::error::error_chain(&err),
+        "docker config /h/.docker/config.json cannot be read; fix its permissions: permission denied"
+    );
+    let code = crate::error::Error::from(err).exit_code();
+    assert_eq!(
+        format!("{code:?}"),
+        format!("{:?}", std::process::ExitCode::from(78))
+    );
+}

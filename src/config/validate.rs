@@ -1,0 +1,356 @@
+//! Validation: what was written (`FileConfig`, with the already-read password files and the
+//! `Ambient` environment) becomes what runs (`Config`), each failure naming its key. Pure: no
+//! file, environment or network access here; `load` reads everything first and passes it in.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::file::{FileConfig, FileSource};
+use super::{Ambient, Config, Error, Layout, LogFormat, OrasSettings, Source};
+use crate::model::{Credentials, Network, RepoRef, Secret};
+
+/// Relative paths in the file are taken relative to the file's directory.
+pub(super) fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        config_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(p)
+    }
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per key, in file order, reads best as one list"
+)]
+/// Turns what was written into what runs. Pure: `passwords` holds the content of each
+/// source's `password_file` (already read; `[source]` first, then `[[sources]]` in order),
+/// `ambient` what the environment said.
+pub fn validate(
+    path: &Path,
+    file: FileConfig,
+    passwords: Vec<Option<(PathBuf, String)>>,
+    ambient: &Ambient,
+) -> Result<Config, Error> {
+    let key_err = |key: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let entries: Vec<(String, FileSource)> = match (file.source, file.sources.is_empty()) {
+        (Some(_), false) => {
+            return Err(key_err(
+                "sources",
+                "is given together with [source]; use one spelling: [source] for one source, [[sources]] for several".to_owned(),
+            ));
+        }
+        (Some(one), true) => vec![("source".to_owned(), one)],
+        (None, false) => file
+            .sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (format!("sources[{i}]"), e))
+            .collect(),
+        (None, true) => {
+            return Err(key_err(
+                "source.url",
+                "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\""
+                    .to_owned(),
+            ));
+        }
+    };
+    let mut passwords = passwords.into_iter();
+    let mut sources: Vec<Source> = Vec::new();
+    for (key, entry) in entries {
+        let source = validate_source(path, &key, entry, passwords.next().flatten(), ambient)?;
+        if sources.iter().any(|s| s.name == source.name) {
+            return Err(key_err(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} names two sources; give each [[sources]] entry its own name",
+                    source.name
+                ),
+            ));
+        }
+        sources.push(source);
+    }
+
+    let concurrency = usize::try_from(file.sync.concurrency)
+        .ok()
+        .filter(|c| (1..=256).contains(c))
+        .ok_or_else(|| {
+            key_err(
+                "sync.concurrency",
+                format!("is {}; it must be between 1 and 256", file.sync.concurrency),
+            )
+        })?;
+    let schedule = cron::Schedule::from_str(&file.sync.schedule).map_err(|e| {
+        key_err(
+            "sync.schedule",
+            format!(
+                "{:?} is not a cron expression with seconds (e.g. \"0 0 */2 * * *\"): {e}",
+                file.sync.schedule
+            ),
+        )
+    })?;
+    let duration = |key: &str, text: &str, zero_ok: bool| parse_duration(path, key, text, zero_ok);
+    let run_timeout = duration("sync.run_timeout", &file.sync.run_timeout, false)?;
+    let log_format = match file.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(key_err(
+                "log.format",
+                format!("is {other:?}; it must be \"text\" or \"json\""),
+            ));
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
+        return Err(key_err(
+            "log.level",
+            format!(
+                "{:?} is not a level or filter (error, warn, info, debug, trace)",
+                file.log.level
+            ),
+        ));
+    }
+    let mirror_root = resolve(path, &file.mirror.root);
+    let state_dir = resolve(path, &file.state.dir);
+    if mirror_root == state_dir
+        || mirror_root.starts_with(&state_dir)
+        || state_dir.starts_with(&mirror_root)
+    {
+        return Err(key_err(
+            "state.dir",
+            format!(
+                "{} must not be inside mirror.root {} or contain it",
+                state_dir.display(),
+                mirror_root.display()
+            ),
+        ));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        sources,
+        run_timeout,
+        mirror_root,
+        state_dir,
+        concurrency,
+        schedule,
+        schedule_text: file.sync.schedule,
+        on_start: file.sync.on_start,
+        log_level: file.log.level,
+        log_format,
+    })
+}
+
+fn parse_duration(path: &Path, key: &str, text: &str, zero_ok: bool) -> Result<Duration, Error> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| zero_ok || !d.is_zero())
+        .ok_or_else(|| Error::Key {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason: format!("{text:?} is not a duration like \"30s\", \"5m\" or \"2h\""),
+        })
+}
+
+/// Who the source's registry is asked as, in the documented order: `username` with
+/// `password_file`, then `GITHUB_TOKEN` (ghcr.io only), then Docker's config, then anonymous.
+fn credentials(
+    path: &Path,
+    key: &str,
+    repo: &RepoRef,
+    username: Option<String>,
+    password: Option<(PathBuf, String)>,
+    ambient: &Ambient,
+) -> Result<Credentials, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    Ok(match (username, password) {
+        (Some(username), Some((file, password))) => Credentials::Basic {
+            username,
+            password: Secret::new(password),
+            origin: format!("{key}.password_file {}", file.display()),
+        },
+        (None, Some(_)) => {
+            return Err(key_err(
+                "username",
+                format!("is missing; {key}.password_file needs a user name"),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(key_err(
+                "password_file",
+                format!("is missing; {key}.username needs a password file"),
+            ));
+        }
+        (None, None) => match (&ambient.github_token, ambient.docker.get(&repo.registry)) {
+            (Some(token), _) if repo.registry == "ghcr.io" => Credentials::Basic {
+                username: "token".to_owned(),
+                password: token.clone(),
+                origin: "GITHUB_TOKEN".to_owned(),
+            },
+            (_, Some(found)) => Credentials::Basic {
+                username: found.username.clone(),
+                password: found.password.clone(),
+                origin: found.origin.clone(),
+            },
+            _ => Credentials::Anonymous,
+        },
+    })
+}
+
+/// One `[source]` or `[[sources]]` entry; `key` is how errors name it (`source`, `sources[1]`).
+fn validate_source(
+    path: &Path,
+    key: &str,
+    entry: FileSource,
+    password: Option<(PathBuf, String)>,
+    ambient: &Ambient,
+) -> Result<Source, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    let url = entry.url.as_deref().ok_or_else(|| {
+        key_err(
+            "url",
+            "is missing; e.g. url = \"oci://ghcr.io/spack/github-actions-buildcache\"".to_owned(),
+        )
+    })?;
+    let repo = url
+        .parse::<RepoRef>()
+        .map_err(|e| key_err("url", e.to_string()))?;
+    let layout = match entry.layout.as_str() {
+        "spack-oci" => Layout::SpackOci,
+        "oras-files" => Layout::OrasFiles,
+        other => {
+            return Err(key_err(
+                "layout",
+                format!("is {other:?}; it must be \"spack-oci\" or \"oras-files\""),
+            ));
+        }
+    };
+    let name = entry.name.unwrap_or_else(|| repo.repository.clone());
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        return Err(key_err(
+            "name",
+            format!("{name:?} must be 1 to 128 of [A-Za-z0-9._/-]"),
+        ));
+    }
+    let credentials = credentials(path, key, &repo, entry.username, password, ambient)?;
+    let duration =
+        |field: &str, text: &str| parse_duration(path, &format!("{key}.{field}"), text, false);
+    let network = Network {
+        max_attempts: u32::try_from(entry.max_attempts)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                key_err(
+                    "max_attempts",
+                    format!("is {}; it must be between 1 and 100", entry.max_attempts),
+                )
+            })?,
+        request_timeout: duration("request_timeout", &entry.request_timeout)?,
+        stall_timeout: duration("stall_timeout", &entry.stall_timeout)?,
+        max_requests_per_second: match entry.max_requests_per_second {
+            0.0 => None,
+            r if r.is_finite() && r > 0.0 => Some(r),
+            r => {
+                return Err(key_err(
+                    "max_requests_per_second",
+                    format!("is {r}; it must be 0 (no limit) or a positive number"),
+                ));
+            }
+        },
+        // Read by `load` (validate does no I/O).
+        ca_pem: None,
+    };
+    let oras = validate_oras(
+        path,
+        key,
+        layout,
+        entry.repositories,
+        entry.repositories_url,
+        entry.tag,
+    )?;
+    Ok(Source {
+        name,
+        repo,
+        layout,
+        credentials,
+        network,
+        oras,
+    })
+}
+
+/// The `oras-files` keys of one source: repository names checked (from `repositories` and
+/// `repositories_file`, duplicates dropped), the tag checked; refused on a `spack-oci` source.
+fn validate_oras(
+    path: &Path,
+    key: &str,
+    layout: Layout,
+    repositories: Vec<String>,
+    repositories_url: Option<String>,
+    tag: String,
+) -> Result<OrasSettings, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    if layout == Layout::SpackOci {
+        if !repositories.is_empty() || repositories_url.is_some() {
+            return Err(key_err(
+                "repositories",
+                "is only for layout = \"oras-files\"; remove it (and repositories_file, repositories_url) or set the layout".to_owned(),
+            ));
+        }
+        if tag != "latest" {
+            return Err(key_err(
+                "tag",
+                "is only for layout = \"oras-files\"; a Spack OCI cache is read by all its tags"
+                    .to_owned(),
+            ));
+        }
+        return Ok(OrasSettings {
+            repositories,
+            repositories_url,
+            tag,
+        });
+    }
+    if let Some(url) = &repositories_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(key_err(
+            "repositories_url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        ));
+    }
+    if let Err(e) = tag.parse::<crate::model::Tag>() {
+        return Err(key_err("tag", e.to_string()));
+    }
+    let mut unique = std::collections::BTreeSet::new();
+    for name in &repositories {
+        crate::oras::check_repository(name).map_err(|e| key_err("repositories", e.to_string()))?;
+        unique.insert(name.clone());
+    }
+    Ok(OrasSettings {
+        repositories: unique.into_iter().collect(),
+        repositories_url,
+        tag,
+    })
+}
