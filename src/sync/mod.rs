@@ -24,7 +24,7 @@ mod space;
 pub use download::BlobError;
 pub use inspect::{discard, inspect};
 pub use source::{ArtifactError, ListingError};
-pub use space::Stop;
+pub use space::{MAX_DECLARED_BYTES, Stop};
 
 use std::collections::HashMap;
 use std::sync::Arc;

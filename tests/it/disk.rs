@@ -414,3 +414,62 @@ fn an_oras_source_that_cannot_fit_is_refused_before_anything_is_written() {
     assert!(stderr.contains("not enough space"), "{stderr}");
     assert!(!disk.env.root().join("build_cache").exists());
 }
+
+#[test]
+fn when_not_everything_fits_the_specs_that_fit_are_published_with_their_dependencies() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("disk/fit");
+    let def = |name: &str, deps: &[usize], payload_bytes: usize| demo::SpecDef {
+        name: name.to_owned(),
+        version: "1.0".to_owned(),
+        deps: deps.to_vec(),
+        payload_bytes,
+    };
+    // "big" alone is more than the filesystem's free space; "app" needs it.
+    let defs = [
+        def("gcc-runtime", &[], 1_000),
+        def("zlib", &[0], 1_000),
+        def("big", &[0], 3_500_000),
+        def("app", &[0, 2], 1_000),
+    ];
+    let cache = demo::generate(
+        &defs,
+        &demo::Options {
+            seed: 1302,
+            with_index: false,
+            docker_format: false,
+        },
+    );
+    push(&url, &cache);
+    let disk = Disk::new(&url, 4 * MIB, true);
+    if disk.fs.is_none() {
+        return;
+    }
+    let env = &disk.env;
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = last_run(env);
+    assert_eq!(run["outcome"], "partial", "{run}");
+    assert_eq!(run["specs_fetched"], 2, "{run}");
+    let problems: BTreeMap<String, String> = run["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let tag = p["tag"].as_str().unwrap().to_owned();
+            (tag, p["message"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let big = &problems[&cache.specs[2].tag];
+    assert!(
+        big.contains("would not fit") && big.contains("mirror.root and state.dir"),
+        "{big}"
+    );
+    let app = &problems[&cache.specs[3].tag];
+    assert!(
+        app.contains("needs big@1.0/") && app.contains("does not fit"),
+        "{app}"
+    );
+    let published: Vec<&GeneratedSpec> = cache.specs[..2].iter().collect();
+    check_mirror(&env.root(), &published);
+}

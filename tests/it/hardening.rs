@@ -1,9 +1,13 @@
-//! Findings of a hostile review, one test each: output that cannot be written, and more as
-//! they are fixed.
+//! Findings of a hostile review, one test each: output that cannot be written, declared sizes
+//! that cannot be true, and more.
 
 use std::process::Stdio;
 
-use crate::support::mirrord::{Env, text};
+use spack_mirrord::demo;
+use spack_mirrord::model::Digest;
+
+use crate::support::mirrord::{Env, check_mirror, text};
+use crate::support::registry::TestRegistry;
 
 /// Each command that prints, run with stdout as given, with backtraces asked for.
 fn run_with_stdout(env: &Env, args: &[&str], stdout: Stdio) -> std::process::Output {
@@ -55,4 +59,66 @@ fn a_full_stdout_is_a_one_line_error_and_exit_1() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Makes spec `i` of `cache` declare a tarball of `size` bytes (manifest layer and the
+/// config's `archive_size`), as a registry accepts: the blob itself stays small.
+fn declare_tarball_size(cache: &mut demo::Cache, i: usize, size: u64) {
+    let spec = &cache.specs[i];
+    let old = cache.blobs[&spec.config].data.clone();
+    let text = String::from_utf8(old).unwrap();
+    let from = format!("\"archive_size\":{}", spec.tarball_size);
+    assert!(text.contains(&from), "{text}");
+    let config = text.replace(&from, &format!("\"archive_size\":{size}"));
+    let digest = Digest::of(config.as_bytes());
+    cache.blobs.insert(
+        digest.clone(),
+        demo::Blob {
+            digest: digest.clone(),
+            media_type: cache.blobs[&spec.config].media_type.clone(),
+            data: config.clone().into_bytes(),
+        },
+    );
+    let image = &mut cache.images[i];
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
+    manifest["config"]["digest"] = digest.to_string().into();
+    manifest["config"]["size"] = config.len().into();
+    let layers = manifest["layers"].as_array_mut().unwrap();
+    layers.last_mut().unwrap()["size"] = size.into();
+    image.manifest = serde_json::to_vec(&manifest).unwrap();
+}
+
+#[test]
+fn a_spec_declaring_an_absurd_size_fails_alone_and_the_others_are_published() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("hardening/absurd");
+    let mut cache = demo::generate(
+        &demo::sample(4, 1_000),
+        &demo::Options {
+            seed: 1301,
+            with_index: false,
+            docker_format: false,
+        },
+    );
+    // The last spec of the sample: no other spec needs it.
+    let victim = cache.specs.len() - 1;
+    declare_tarball_size(&mut cache, victim, 1_000_000_000_000_000);
+    crate::support::mirrord::push(&url, &cache);
+
+    let env = Env::new(&url);
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "partial", "{run}");
+    assert_eq!(run["specs_fetched"], 3, "{run}");
+    assert_eq!(run["specs_failed"], 1, "{run}");
+    let problem = &run["problems"][0];
+    assert_eq!(problem["tag"], cache.specs[victim].tag.as_str(), "{run}");
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.contains("1000000000000000 bytes") && message.contains("limit"),
+        "{message}"
+    );
+    let published: Vec<&demo::GeneratedSpec> = cache.specs[..victim].iter().collect();
+    check_mirror(&env.root(), &published);
 }

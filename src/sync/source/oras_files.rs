@@ -25,7 +25,7 @@ use crate::oras;
 use crate::registry::RegistryClient;
 use crate::spack::Descriptor;
 use crate::sync::download::download;
-use crate::sync::{BlobError, Run};
+use crate::sync::{BlobError, MAX_DECLARED_BYTES, Run};
 
 /// An artifact whose manifest cannot be mirrored, named by repository and tag.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +218,7 @@ impl Run<'_> {
     /// all in place.
     async fn fetch_files(&mut self, src: usize, artifacts: Vec<Artifact>) -> Result<(), Failure> {
         let name = self.sources[src].config.name.clone();
+        let artifacts = self.refuse_absurd_files(src, artifacts)?;
         // Each blob once per task: paths sharing a digest are written one after the other,
         // since they share the resumable staging file.
         let mut by_digest: BTreeMap<Digest, (Arc<RegistryClient>, Descriptor, Vec<String>)> =
@@ -301,6 +302,30 @@ impl Run<'_> {
             return Ok(());
         }
         self.record_artifacts(src, artifacts, &failed, &written)
+    }
+
+    /// Fails, alone, each artifact with a file declared larger than any sane blob.
+    fn refuse_absurd_files(
+        &mut self,
+        src: usize,
+        artifacts: Vec<Artifact>,
+    ) -> Result<Vec<Artifact>, Failure> {
+        let mut out = Vec::new();
+        for a in artifacts {
+            match a.files.iter().find(|(_, d)| d.size > MAX_DECLARED_BYTES) {
+                Some((_, d)) => {
+                    let absurd = BlobError::Absurd {
+                        digest: d.digest.clone(),
+                        size: d.size,
+                        limit: MAX_DECLARED_BYTES,
+                        limit_name: "spack-mirrord's limit for one blob",
+                    };
+                    self.fail_item_with(src, &a.repository, &absurd.into())?;
+                }
+                None => out.push(a),
+            }
+        }
+        Ok(out)
     }
 
     /// Records each artifact whose files are all in place; fails the others with the reason.
