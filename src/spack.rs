@@ -15,6 +15,11 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::model::{Digest, Tag};
+pub use crate::oci::Descriptor;
+use crate::oci::{
+    MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX,
+    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST, RawDescriptor, RawManifest,
+};
 
 /// The tag Spack pushes the build-cache index under.
 pub const INDEX_TAG: &str = "index.spack";
@@ -31,12 +36,6 @@ pub const MEDIA_SPEC: &str = "application/vnd.spack.spec.v5+json";
 /// Media type of an index blob record (Spack DB v8).
 pub const MEDIA_INDEX: &str = "application/vnd.spack.db.v8+json";
 
-const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const MAX_LAYERS: usize = 10_000;
 const MAX_COMPONENT: usize = 128;
 /// The layout version a spec blob declares: what Spack 1.1 writes into its own v3 mirrors.
@@ -219,14 +218,6 @@ fn is_dag_hash(s: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Image manifest
 
-/// A layer or config reference of an image manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-}
-
 /// An image manifest of a spec tag, parsed and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecImage {
@@ -239,36 +230,17 @@ pub struct SpecImage {
     pub media_type: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    schema_version: Option<u64>,
-    media_type: Option<String>,
-    config: Option<RawDescriptor>,
-    layers: Option<Vec<RawDescriptor>>,
-    manifests: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawDescriptor {
-    media_type: String,
-    digest: String,
-    size: u64,
-}
-
-impl RawDescriptor {
-    fn validate(self, field: &'static str) -> Result<Descriptor, Error> {
-        let digest = self.digest.parse().map_err(|_| Error::Digest {
-            field,
-            value: self.digest.chars().take(200).collect(),
-        })?;
-        Ok(Descriptor {
-            digest,
-            size: self.size,
-            media_type: self.media_type,
-        })
-    }
+/// A registry descriptor with its digest checked; `field` names it in the error.
+fn descriptor(raw: RawDescriptor, field: &'static str) -> Result<Descriptor, Error> {
+    let digest = raw.digest.parse().map_err(|_| Error::Digest {
+        field,
+        value: raw.digest.chars().take(200).collect(),
+    })?;
+    Ok(Descriptor {
+        digest,
+        size: raw.size,
+        media_type: raw.media_type,
+    })
 }
 
 /// Reads the image manifest of a spec tag. Image indexes and manifest lists, manifests without
@@ -306,10 +278,11 @@ pub fn parse_image_manifest(bytes: &[u8]) -> Result<SpecImage, Error> {
                 .map_or_else(|| "missing".to_owned(), |v| v.to_string())
         )));
     }
-    let config = m
-        .config
-        .ok_or_else(|| manifest_err("it has no config".to_owned()))?
-        .validate("config")?;
+    let config = descriptor(
+        m.config
+            .ok_or_else(|| manifest_err("it has no config".to_owned()))?,
+        "config",
+    )?;
     let mut layers = m
         .layers
         .ok_or_else(|| manifest_err("it has no layers key".to_owned()))?;
@@ -328,7 +301,7 @@ pub fn parse_image_manifest(bytes: &[u8]) -> Result<SpecImage, Error> {
             last.media_type
         )));
     }
-    let tarball = last.validate("last layer")?;
+    let tarball = descriptor(last, "last layer")?;
     Ok(SpecImage {
         config,
         tarball,
@@ -990,12 +963,13 @@ pub fn parse_index_manifest(bytes: &[u8]) -> Result<Descriptor, Error> {
             media_type: m.media_type.unwrap_or_default(),
         });
     }
-    m.layers
+    let layer = m
+        .layers
         .and_then(|mut l| (!l.is_empty()).then(|| l.swap_remove(0)))
         .ok_or_else(|| Error::Manifest {
             reason: "the index.spack manifest has no layers".to_owned(),
-        })?
-        .validate("index layer")
+        })?;
+    descriptor(layer, "index layer")
 }
 
 #[cfg(test)]
