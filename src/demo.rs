@@ -16,19 +16,11 @@ use serde::{Serialize, Serializer};
 use sha2::Digest as _;
 
 use crate::model::Digest;
+use crate::oci::{
+    MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG,
+    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
+};
 
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image config media type.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// OCI gzip layer media type (also used, as Spack does, for the plain-JSON index "layer").
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// Docker v2 manifest media type.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker v2 config media type.
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-/// Docker v2 gzip layer media type.
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// The tag of the index image.
 pub const INDEX_TAG: &str = "index.spack";
 
@@ -192,15 +184,15 @@ pub fn spec_image<'a>(cache: &'a Cache, name: &str) -> Option<&'a Image> {
 pub fn generate(defs: &[SpecDef], opts: &Options) -> Cache {
     let types = if opts.docker_format {
         MediaTypes {
-            layer: DOCKER_LAYER,
-            config: DOCKER_CONFIG,
-            manifest: DOCKER_MANIFEST,
+            layer: MEDIA_DOCKER_LAYER_GZIP,
+            config: MEDIA_DOCKER_CONFIG,
+            manifest: MEDIA_DOCKER_MANIFEST,
         }
     } else {
         MediaTypes {
-            layer: OCI_LAYER,
-            config: OCI_CONFIG,
-            manifest: OCI_MANIFEST,
+            layer: MEDIA_OCI_LAYER_GZIP,
+            config: MEDIA_OCI_CONFIG,
+            manifest: MEDIA_OCI_MANIFEST,
         }
     };
     let glibc = glibc_node();
@@ -407,10 +399,10 @@ fn spec_image_of(
 
 /// Spack's `index.spack` image: config `{}`, one "layer" that is the plain DB v8 JSON.
 fn index_image(built: &[Built], glibc: &Node) -> (Image, Blob) {
-    let config = blob(OCI_CONFIG, b"{}".to_vec());
+    let config = blob(MEDIA_OCI_CONFIG, b"{}".to_vec());
     let layer = index_layer_blob(built, glibc);
     let manifest = Manifest {
-        media_type: OCI_MANIFEST,
+        media_type: MEDIA_OCI_MANIFEST,
         schema_version: 2,
         config: Descriptor::of(&config),
         layers: vec![Descriptor::of(&layer)],
@@ -419,7 +411,7 @@ fn index_image(built: &[Built], glibc: &Node) -> (Image, Blob) {
     let image = Image {
         tag: INDEX_TAG.to_owned(),
         manifest: to_json(&manifest),
-        manifest_media_type: OCI_MANIFEST.to_owned(),
+        manifest_media_type: MEDIA_OCI_MANIFEST.to_owned(),
         config,
         layers: vec![layer.digest.clone()],
     };
@@ -460,7 +452,8 @@ fn index_layer_blob(built: &[Built], glibc: &Node) -> Blob {
             installs: Installs(installs),
         },
     };
-    blob(OCI_LAYER, to_json(&db))
+    // Spack pushes the plain-JSON index under the gzip layer type too.
+    blob(MEDIA_OCI_LAYER_GZIP, to_json(&db))
 }
 
 /// Refuses what would need escaping in a tag, a path or JSON.
@@ -1307,7 +1300,7 @@ mod tests {
         let defs = sample(9, 500);
         let cache = generate(&defs, &opts(6));
         for (i, (spec, image)) in cache.specs.iter().zip(&cache.images).enumerate() {
-            assert_eq!(image.manifest_media_type, OCI_MANIFEST);
+            assert_eq!(image.manifest_media_type, MEDIA_OCI_MANIFEST);
             let m = json(&image.manifest);
             let o: Ordered = serde_json::from_slice(&image.manifest).unwrap();
             assert_eq!(
@@ -1321,11 +1314,11 @@ mod tests {
                 ]
             );
             assert_eq!(o.get("config").keys(), ["mediaType", "digest", "size"]);
-            assert_eq!(m["mediaType"], OCI_MANIFEST);
+            assert_eq!(m["mediaType"], MEDIA_OCI_MANIFEST);
             assert_eq!(m["schemaVersion"], 2);
             assert_eq!(
                 m["config"],
-                serde_json::json!({"mediaType": OCI_CONFIG, "digest": image.config.digest.as_str(), "size": image.config.data.len()})
+                serde_json::json!({"mediaType": MEDIA_OCI_CONFIG, "digest": image.config.digest.as_str(), "size": image.config.data.len()})
             );
             assert_eq!(
                 m["annotations"],
@@ -1360,7 +1353,7 @@ mod tests {
                 }
             }
             for l in m["layers"].as_array().unwrap() {
-                assert_eq!(l["mediaType"], OCI_LAYER);
+                assert_eq!(l["mediaType"], MEDIA_OCI_LAYER_GZIP);
             }
         }
     }
@@ -1414,16 +1407,16 @@ mod tests {
             assert_eq!((&a.hash, &a.tarball), (&b.hash, &b.tarball));
         }
         for image in &docker.images[..4] {
-            assert_eq!(image.manifest_media_type, DOCKER_MANIFEST);
+            assert_eq!(image.manifest_media_type, MEDIA_DOCKER_MANIFEST);
             let m = json(&image.manifest);
-            assert_eq!(m["mediaType"], DOCKER_MANIFEST);
-            assert_eq!(m["config"]["mediaType"], DOCKER_CONFIG);
+            assert_eq!(m["mediaType"], MEDIA_DOCKER_MANIFEST);
+            assert_eq!(m["config"]["mediaType"], MEDIA_DOCKER_CONFIG);
             assert!(
                 m["layers"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .all(|l| l["mediaType"] == DOCKER_LAYER)
+                    .all(|l| l["mediaType"] == MEDIA_DOCKER_LAYER_GZIP)
             );
             assert!(m.get("annotations").is_none());
         }
@@ -1445,7 +1438,7 @@ mod tests {
         let m = json(&index.manifest);
         assert_eq!(m.as_object().unwrap().len(), 4, "no annotations");
         assert_eq!(m["layers"].as_array().unwrap().len(), 1);
-        assert_eq!(m["layers"][0]["mediaType"], OCI_LAYER);
+        assert_eq!(m["layers"][0]["mediaType"], MEDIA_OCI_LAYER_GZIP);
         let layer = &cache.blobs[&index.layers[0]].data;
         assert_eq!(layer[0], b'{', "plain JSON, not gzip");
         let db = json(layer);

@@ -18,6 +18,7 @@ pub mod lock;
 pub mod logging;
 pub mod mirror;
 pub mod model;
+pub mod oci;
 pub mod oras;
 pub mod plan;
 pub mod registry;

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use crate::model::Digest;
+use crate::oci::{MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
 use crate::spack::Descriptor;
 
 /// The annotation that names a layer's file.
@@ -26,9 +27,6 @@ const MAX_TITLE_BYTES: usize = 255;
 const MAX_REPOSITORY_BYTES: usize = 255;
 /// Top-level directories that belong to the Spack v3 layout spack-mirrord writes itself.
 const RESERVED_DIRS: &[&str] = &["blobs", "v3"];
-
-const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

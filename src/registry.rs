@@ -19,10 +19,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LINK};
 use tokio::sync::RwLock;
 
 use crate::model::{Credentials, Digest, Network, RepoRef, Scheme};
-
-/// Manifest media types we ask for. Index types are asked for too, so that a tag pointing
-/// at an index is seen and refused with a clear message instead of a 404.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+use crate::oci;
 
 /// Upper bound for a manifest body.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -672,7 +669,7 @@ impl RegistryClient {
                 .send(
                     reqwest::Method::GET,
                     &url,
-                    &[(ACCEPT, MANIFEST_ACCEPT.to_owned())],
+                    &[(ACCEPT, oci::manifest_accept())],
                 )
                 .await?;
             let claimed = header_digest(&resp);
@@ -726,7 +723,7 @@ impl RegistryClient {
                 .send(
                     reqwest::Method::HEAD,
                     &url,
-                    &[(ACCEPT, MANIFEST_ACCEPT.to_owned())],
+                    &[(ACCEPT, oci::manifest_accept())],
                 )
                 .await?;
             Ok(header_digest(&resp))

@@ -226,7 +226,7 @@ fn a_tag_whose_config_has_no_spec_is_skipped_and_counted() {
         config_digest.clone(),
         demo::Blob {
             digest: config_digest,
-            media_type: demo::OCI_CONFIG.to_owned(),
+            media_type: spack_mirrord::oci::MEDIA_OCI_CONFIG.to_owned(),
             data: config.to_vec(),
         },
     );

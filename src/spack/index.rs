@@ -1,0 +1,256 @@
+//! The build-cache index, Spack database v8: synthesizing one from the specs' nodes, in
+//! Spack's order and byte for byte as its `update-index` writes it; summarising a registry
+//! index and deciding whether it may be copied as it is; reading the `index.spack` manifest.
+//! Where the index lands in a mirror, and its manifest record, belong to the layout (`v3`);
+//! this module does no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::oci::{Descriptor, RawManifest};
+
+use super::Error;
+use super::dag::{Node, dependency_order, parse_nodes};
+use super::image::descriptor;
+use super::tag::is_dag_hash;
+
+/// The build-cache index, Spack DB version 8, compact JSON:
+/// `{"database":{"version":"8","installs":{"<hash>":{"spec":<node>,"ref_count":N,"in_buildcache":B}}}}`.
+///
+/// `specs` are the `spec` values of the configs to list. Every node of every DAG goes in, copied
+/// verbatim; a hash seen twice keeps its first node. Order: for each spec in the order given, its
+/// nodes in dependency order (a depth-first post-order from `nodes[0]`, following each node's
+/// `dependencies` in the order listed), then any node of that spec not reached from `nodes[0]`
+/// in node order. For Spack's own push this reproduces the order of its index.
+/// `ref_count` = how many distinct listed nodes name the hash among their dependencies (any
+/// type); `in_buildcache` = the hash is in `in_buildcache`.
+pub fn synthesize_index(
+    specs: &[&str],
+    in_buildcache: &BTreeSet<String>,
+) -> Result<Vec<u8>, Error> {
+    let mut order: Vec<(&RawValue, Node)> = Vec::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    for spec in specs {
+        let nodes = parse_nodes(spec)?;
+        for (_, node) in &nodes {
+            if !is_dag_hash(&node.hash) {
+                return Err(Error::Spec {
+                    name: node.name.chars().take(200).collect(),
+                    reason: format!(
+                        "node hash {:?} is not a dag hash",
+                        node.hash.chars().take(64).collect::<String>()
+                    ),
+                });
+            }
+        }
+        let order_of_spec = dependency_order(&nodes);
+        let mut nodes: Vec<Option<(&RawValue, Node)>> = nodes.into_iter().map(Some).collect();
+        for i in order_of_spec {
+            if let Some((raw, node)) = nodes[i].take()
+                && listed.insert(node.hash.clone())
+            {
+                order.push((raw, node));
+            }
+        }
+    }
+    let mut ref_count: HashMap<&str, u64> = HashMap::new();
+    for (_, node) in &order {
+        let deps: BTreeSet<&str> = node.dependencies.iter().map(|d| d.hash.as_str()).collect();
+        for d in deps {
+            *ref_count.entry(d).or_default() += 1;
+        }
+    }
+    let mut out = String::from(r#"{"database":{"version":"8","installs":{"#);
+    for (i, (raw, node)) in order.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // The hash was checked to be [a-z0-9]{32}: no escaping needed.
+        let _ = write!(
+            out,
+            r#""{}":{{"spec":{},"ref_count":{},"in_buildcache":{}}}"#,
+            node.hash,
+            raw.get(),
+            ref_count.get(node.hash.as_str()).copied().unwrap_or(0),
+            in_buildcache.contains(&node.hash)
+        );
+    }
+    out.push_str("}}}");
+    Ok(out.into_bytes())
+}
+
+#[derive(Deserialize)]
+struct IndexDoc {
+    database: IndexDb,
+}
+
+#[derive(Deserialize)]
+struct IndexDb {
+    version: serde_json::Value,
+    installs: BTreeMap<String, IndexRecord>,
+}
+
+#[derive(Deserialize)]
+struct IndexRecord {
+    in_buildcache: Option<bool>,
+}
+
+/// Whether a registry index blob may be copied into the mirror as it is: it parses, its
+/// `database.version` is `"8"`, and the hashes it marks `in_buildcache` are exactly `wanted`.
+pub fn index_fits(index_bytes: &[u8], wanted: &BTreeSet<String>) -> bool {
+    index_summary(index_bytes).is_some_and(|s| s.db_version == "8" && &s.in_buildcache == wanted)
+}
+
+/// What a build-cache index says about itself: its database version and the dag hashes it
+/// marks `in_buildcache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub db_version: String,
+    pub in_buildcache: BTreeSet<String>,
+}
+
+/// Reads an index blob; `None` when it is not a Spack database (or a record lacks
+/// `in_buildcache`).
+pub fn index_summary(index_bytes: &[u8]) -> Option<IndexSummary> {
+    let doc = serde_json::from_slice::<IndexDoc>(index_bytes).ok()?;
+    let db_version = doc.database.version.as_str()?.to_owned();
+    let mut in_buildcache = BTreeSet::new();
+    for (hash, record) in doc.database.installs {
+        if record.in_buildcache? {
+            in_buildcache.insert(hash);
+        }
+    }
+    Some(IndexSummary {
+        db_version,
+        in_buildcache,
+    })
+}
+
+/// Reads the manifest of the `index.spack` tag: its first layer is the index blob (plain
+/// JSON, whatever its media type says).
+pub fn parse_index_manifest(bytes: &[u8]) -> Result<Descriptor, Error> {
+    let m: RawManifest = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: "index manifest",
+        source,
+    })?;
+    if m.manifests.is_some() {
+        return Err(Error::ImageIndex {
+            media_type: m.media_type.unwrap_or_default(),
+        });
+    }
+    let layer = m
+        .layers
+        .and_then(|mut l| (!l.is_empty()).then(|| l.swap_remove(0)))
+        .ok_or_else(|| Error::Manifest {
+            reason: "the index.spack manifest has no layers".to_owned(),
+        })?;
+    descriptor(layer, "index layer")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    use super::*;
+    use crate::spack::tests::{
+        EXPECTED_INDEX, REGISTRY_INDEX, all_specs, expected_specs, fixture, fixture_text, hash_of,
+    };
+
+    fn installs(db: &[u8]) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(db).unwrap();
+        assert_eq!(v["database"]["version"], "8");
+        assert_eq!(v.as_object().unwrap().len(), 1);
+        assert_eq!(v["database"].as_object().unwrap().len(), 2);
+        v["database"]["installs"].clone()
+    }
+
+    fn synthesized_fixture_index() -> Vec<u8> {
+        let specs = all_specs();
+        // The order of expected-specs.txt (alphabetical), as Spack lists tags.
+        let texts: Vec<&str> = specs.iter().map(|(_, _, s)| s.spec_json.as_str()).collect();
+        let wanted: BTreeSet<String> = specs.iter().map(|(_, _, s)| s.hash.clone()).collect();
+        synthesize_index(&texts, &wanted).unwrap()
+    }
+
+    #[test]
+    fn synthesized_index_equals_both_spack_indexes() {
+        let ours = synthesized_fixture_index();
+        // serde_json::Value maps compare without regard to key order.
+        assert_eq!(installs(&ours), installs(&fixture(REGISTRY_INDEX)));
+        assert_eq!(installs(&ours), installs(&fixture(EXPECTED_INDEX)));
+        let counts: BTreeMap<String, u64> = installs(&ours)
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|r| {
+                (
+                    r["spec"]["name"].as_str().unwrap().to_owned(),
+                    r["ref_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: BTreeMap<String, u64> = [
+            ("compiler-wrapper", 4),
+            ("gcc", 5),
+            ("glibc", 5),
+            ("gcc-runtime", 4),
+            ("tinylib", 2),
+            ("tinytool", 1),
+            ("tinyapp", 0),
+            ("tinydata", 0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(counts, want);
+    }
+
+    #[test]
+    fn synthesized_index_is_byte_identical_to_the_registry_index() {
+        // Same node order as Spack's update-index, and the node dicts are verbatim.
+        assert_eq!(
+            String::from_utf8(synthesized_fixture_index()).unwrap(),
+            fixture_text(REGISTRY_INDEX)
+        );
+    }
+
+    #[test]
+    fn synthesized_index_marks_only_given_hashes_in_buildcache() {
+        let specs = all_specs();
+        let texts: Vec<&str> = specs.iter().map(|(_, _, s)| s.spec_json.as_str()).collect();
+        let only: BTreeSet<String> = [hash_of("tinylib")].into();
+        let db = synthesize_index(&texts, &only).unwrap();
+        assert!(index_fits(&db, &only));
+        let v = installs(&db);
+        assert_eq!(v.as_object().unwrap().len(), 8);
+        assert!(synthesize_index(&["{}"], &only).is_err());
+        assert!(synthesize_index(&["not json"], &only).is_err());
+        assert_eq!(
+            synthesize_index(&[], &only).unwrap(),
+            br#"{"database":{"version":"8","installs":{}}}"#
+        );
+    }
+
+    #[test]
+    fn index_fits_only_the_exact_in_buildcache_set_of_a_v8_db() {
+        let blob = fixture(REGISTRY_INDEX);
+        let six: BTreeSet<String> = expected_specs().into_iter().map(|s| s.2).collect();
+        assert!(index_fits(&blob, &six));
+        let mut missing = six.clone();
+        missing.remove(&hash_of("tinyapp"));
+        assert!(!index_fits(&blob, &missing));
+        let mut extra = six.clone();
+        extra.insert("a".repeat(32));
+        assert!(!index_fits(&blob, &extra));
+        assert!(!index_fits(b"not json", &six));
+        let v7 =
+            String::from_utf8(blob)
+                .unwrap()
+                .replacen(r#""version":"8""#, r#""version":"7""#, 1);
+        assert!(!index_fits(v7.as_bytes(), &six));
+        let numeric = v7.replacen(r#""version":"7""#, r#""version":8"#, 1);
+        assert!(!index_fits(numeric.as_bytes(), &six));
+    }
+}
