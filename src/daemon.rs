@@ -8,7 +8,7 @@
 
 pub mod schedule;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,11 +66,11 @@ pub async fn serve(config: Config) -> Result<Exit, Error> {
     let (run_now_tx, run_now_rx) = mpsc::channel(1);
     let (reload_tx, reload_rx) = mpsc::channel(8);
     spawn_signals(&shutdown, &forced, &run_now_tx, &reload_tx)?;
-    let _watcher = watch_config(&config.path, reload_tx.clone());
+    let watcher = watch_config(&config.path, reload_tx.clone());
 
     let (schedule_tx, schedule_rx) = watch::channel(config.schedule.clone());
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    tokio::spawn(reload_loop(reload_rx, config_tx, schedule_tx));
+    tokio::spawn(reload_loop(reload_rx, config_tx, schedule_tx, watcher));
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     tracing::info!(
@@ -255,43 +255,50 @@ fn spawn_signals(
     Ok(())
 }
 
-/// Watches the config file's directory; a change to the file asks for a reload.
-fn watch_config(path: &Path, reload: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// The watch on the config file, re-armed after each reload.
+type ConfigWatch = Arc<std::sync::Mutex<notify::RecommendedWatcher>>;
+
+/// Watches the config file itself, not its directory: a busy file beside it (a log, say)
+/// must not feed the daemon events. An editor that replaces the file (write a copy, rename it
+/// over) leaves the watch on the old inode, so [`rewatch`] re-arms it after each reload.
+fn watch_config(path: &Path, reload: mpsc::Sender<()>) -> Option<ConfigWatch> {
     use notify::Watcher as _;
-    let file = path.to_owned();
-    let name = file.file_name().map(std::ffi::OsStr::to_os_string);
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let relevant = matches!(
+        if matches!(
             event.kind,
-            notify::EventKind::Modify(_) | notify::EventKind::Create(_)
-        ) && event
-            .paths
-            .iter()
-            .any(|p| p == &file || p.file_name().map(std::ffi::OsStr::to_os_string) == name);
-        if relevant {
+            notify::EventKind::Modify(_)
+                | notify::EventKind::Create(_)
+                | notify::EventKind::Remove(_)
+        ) {
             let _ = reload.try_send(());
         }
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_owned);
-    match notify::recommended_watcher(handler) {
-        Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), error = &error as &dyn std::error::Error, "cannot watch the config directory; reload with SIGHUP");
-                None
-            }
-        },
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
         Err(error) => {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "cannot watch the config file; reload with SIGHUP"
             );
-            None
+            return None;
         }
+    };
+    if let Err(error) = watcher.watch(path, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(path = %path.display(), error = &error as &dyn std::error::Error, "cannot watch the config file; reload with SIGHUP");
+        return None;
+    }
+    Some(Arc::new(std::sync::Mutex::new(watcher)))
+}
+
+/// Points the watch at the file now at `path` (it may be a new inode).
+fn rewatch(watch: Option<&ConfigWatch>, path: &Path) {
+    use notify::Watcher as _;
+    let Some(watch) = watch else { return };
+    let Ok(mut w) = watch.lock() else { return };
+    let _ = w.unwatch(path);
+    if let Err(error) = w.watch(path, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(path = %path.display(), error = &error as &dyn std::error::Error, "cannot watch the config file again; reload with SIGHUP");
     }
 }
 
@@ -301,10 +308,12 @@ async fn reload_loop(
     mut requests: mpsc::Receiver<()>,
     config_tx: watch::Sender<Arc<Config>>,
     schedule_tx: watch::Sender<cron::Schedule>,
+    watcher: Option<ConfigWatch>,
 ) {
     while requests.recv().await.is_some() {
         // Editors write in several steps; let them finish.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        rewatch(watcher.as_ref(), &config_tx.borrow().path);
         while requests.try_recv().is_ok() {}
         let mut states = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {

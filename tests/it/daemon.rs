@@ -238,6 +238,64 @@ fn an_edit_of_the_config_file_is_picked_up_without_a_signal() {
     assert!(d.log().contains("concurrency=3"), "{}", d.log());
 }
 
+/// The inodes a process watches with inotify, from `/proc/PID/fdinfo`.
+fn inotify_inodes(pid: i32) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+            let ino = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ino:"))
+                .unwrap();
+            inodes.push(u64::from_str_radix(ino, 16).unwrap());
+        }
+    }
+    inodes.sort_unstable();
+    inodes
+}
+
+#[test]
+fn the_config_watch_covers_the_file_alone_and_follows_a_file_replaced_by_rename() {
+    use std::os::unix::fs::MetadataExt as _;
+    let reg = TestRegistry::shared();
+    let env = env_with(&reg.url("daemon/watch-file"), "0 0 0 1 1 *", false);
+    let config = env.config_path();
+    let d = Daemon::start(&env, &[]);
+    wait_until(Duration::from_secs(10), "the daemon start", || {
+        d.log().contains("daemon started")
+    });
+    // Not the directory, where the daemon's own log is written.
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(inotify_inodes(d.pid()), [ino(&config)]);
+
+    // As editors save: write a copy, rename it over the file.
+    let text_cfg = std::fs::read_to_string(&config).unwrap();
+    let copy = env.dir.path().join("config.toml.new");
+    std::fs::write(
+        &copy,
+        text_cfg.replace("concurrency = 4", "concurrency = 3"),
+    )
+    .unwrap();
+    std::fs::rename(&copy, &config).unwrap();
+    wait_until(Duration::from_secs(10), "the reload", || {
+        d.log().contains("concurrency=3")
+    });
+    wait_until(Duration::from_secs(10), "the watch on the new file", || {
+        inotify_inodes(d.pid()) == [ino(&config)]
+    });
+    std::fs::write(
+        &config,
+        text_cfg.replace("concurrency = 4", "concurrency = 2"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the second reload", || {
+        d.log().contains("concurrency=2")
+    });
+}
+
 /// A cache with one large spec behind a throttled blob store: a run takes seconds.
 fn slow_source(repo: &str, seed: u64) -> (GhcrFront, String) {
     let reg = TestRegistry::shared();
