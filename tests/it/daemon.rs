@@ -242,10 +242,10 @@ fn an_edit_of_the_config_file_is_picked_up_without_a_signal() {
 fn inotify_inodes(pid: i32) -> Vec<u64> {
     let mut inodes = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+        let Ok(fdinfo) = std::fs::read_to_string(entry.unwrap().path()) else {
             continue;
         };
-        for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+        for line in fdinfo.lines().filter(|l| l.starts_with("inotify wd:")) {
             let ino = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("ino:"))
