@@ -161,6 +161,8 @@ impl Store {
             source,
         })?;
         restrict_db_mode(&path);
+        // The busy timeout comes first: switching a new database to WAL and the migrator's
+        // exclusive transaction both wait on another first open instead of failing busy.
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -936,6 +938,44 @@ mod tests {
         s.set_registry_index("a", &row).unwrap();
         assert_eq!(s.registry_index("a").unwrap(), Some(row));
         assert!(s.registry_index("b").unwrap().is_none());
+    }
+
+    /// Two first runs (`sync --now` and a starting daemon) open the ledger before either holds
+    /// the run lock: each must wait for the other's WAL switch and migration, not fail.
+    #[test]
+    fn first_runs_opening_a_fresh_ledger_at_once_all_succeed() {
+        const OPENERS: usize = 8;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(OPENERS);
+            let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..OPENERS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Store::open(dir.path())
+                                .map(drop)
+                                .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                assert!(r.is_ok(), "{results:?}");
+            }
+            let s = Store::open_read_only(dir.path()).unwrap().unwrap();
+            let version: i64 = s
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, schema_version());
+            let mode: String = s
+                .conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 
     #[test]
