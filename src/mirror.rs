@@ -22,6 +22,7 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
 use crate::model::Digest;
+use crate::state::StateDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -181,7 +182,7 @@ impl Mirror {
             create_dirs(&root.join(sub)).map_err(root_err)?;
         }
         let root_dev = std::fs::metadata(root).map_err(root_err)?.dev();
-        let state_tmp = state_dir.join("tmp");
+        let state_tmp = StateDir::new(state_dir).tmp();
         let staging = match std::fs::metadata(state_dir) {
             Ok(m) if m.dev() == root_dev => state_tmp,
             _ => {

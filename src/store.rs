@@ -16,11 +16,12 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::model::{Digest, FileKind, ListedKind, Outcome, ProblemKind, RunCounts, Trigger};
+use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
 
-/// The database file inside `state.dir`.
-pub const DB_FILE: &str = "ledger.sqlite";
+/// The database file inside `state.dir` ([`crate::state::LEDGER_FILE`]).
+pub const DB_FILE: &str = crate::state::LEDGER_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -155,7 +156,7 @@ impl Store {
     /// Opens (creating and migrating if needed) the ledger for writing.
     pub fn open(state_dir: &Path) -> Result<Self, Error> {
         create_state_dir(state_dir)?;
-        let path = state_dir.join(DB_FILE);
+        let path = StateDir::new(state_dir).ledger();
         let mut conn = Connection::open(&path).map_err(|source| Error::Open {
             path: path.clone(),
             source,
@@ -173,7 +174,7 @@ impl Store {
 
     /// Opens an existing ledger read-only; `None` when there is none yet (never ran).
     pub fn open_read_only(state_dir: &Path) -> Result<Option<Self>, Error> {
-        let path = state_dir.join(DB_FILE);
+        let path = StateDir::new(state_dir).ledger();
         if !path.exists() {
             return Ok(None);
         }
