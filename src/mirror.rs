@@ -344,6 +344,15 @@ impl Mirror {
             .join(format!("{}.partial", digest.hex())))
     }
 
+    /// How many bytes of the download of `digest` are kept; 0 when none is (or the mirror is
+    /// read-only).
+    pub fn partial_len(&self, digest: &Digest) -> u64 {
+        self.partial_path(digest)
+            .ok()
+            .and_then(|path| std::fs::metadata(path).ok())
+            .map_or(0, |m| m.len())
+    }
+
     /// A staged file for `digest` that survives interruption: an earlier attempt's bytes (from
     /// this run or one before) are kept and hashed again, so writing continues at `len()`.
     /// More than `max_len` bytes already there means they cannot be this blob: start over.
@@ -761,6 +770,21 @@ mod tests {
         assert_eq!(n, data.len() as u64);
         assert_eq!(std::fs::read(m.root().join("blobs/x")).unwrap(), data);
         assert!(m.partials().is_empty());
+    }
+
+    #[tokio::test]
+    async fn partial_len_is_what_a_kept_download_holds_and_zero_without_one() {
+        let (_t, m) = open();
+        let digest = Digest::of(b"abcdef");
+        assert_eq!(m.partial_len(&digest), 0);
+        let mut w = m.resume_writer(&digest, 6).await.unwrap();
+        w.write(b"abc").await.unwrap();
+        assert_eq!(w.keep().await.unwrap(), 3);
+        assert_eq!(m.partial_len(&digest), 3);
+        assert_eq!(m.partial_len(&Digest::of(b"other")), 0);
+        assert_eq!(Mirror::existing(m.root()).partial_len(&digest), 0);
+        m.discard_partial(&digest).unwrap();
+        assert_eq!(m.partial_len(&digest), 0);
     }
 
     #[tokio::test]
