@@ -19,9 +19,9 @@ mod sources;
 mod sql;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::model::{Digest, FileKind, Outcome, ProblemKind, RunCounts, Trigger};
 use crate::state::StateDir;
@@ -152,6 +152,9 @@ pub struct Store {
     conn: Connection,
 }
 
+/// How long a writer waits for another connection's lock before failing busy.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -170,10 +173,10 @@ impl Store {
             source,
         })?;
         restrict_db_mode(&path);
-        // The busy timeout comes first: switching a new database to WAL and the migrator's
-        // exclusive transaction both wait on another first open instead of failing busy.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The busy timeout comes first: the migrator's exclusive transaction waits on another
+        // first open instead of failing busy.
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+        set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate::migrate(&mut conn)?;
@@ -213,6 +216,27 @@ impl Store {
         let mut conn = Connection::open_in_memory()?;
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
+    }
+}
+
+/// Switches the ledger to WAL (a no-op once it is). On a new database the switch upgrades a
+/// read lock to a write lock, and `SQLite` answers busy at once, without calling the busy
+/// handler, when another connection holds a lock (two first opens switching together would
+/// otherwise deadlock). So on busy it waits, through the busy handler, until it could take an
+/// exclusive lock (`BEGIN EXCLUSIVE`, from no transaction), lets it go and switches again: once
+/// the other open has switched, the database is WAL and the switch needs no write lock.
+fn set_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let deadline = Instant::now() + WRITER_BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && Instant::now() < deadline =>
+            {
+                conn.execute_batch("BEGIN EXCLUSIVE; ROLLBACK;")?;
+            }
+            other => return other,
+        }
     }
 }
 
