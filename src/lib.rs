@@ -23,6 +23,7 @@ pub mod oras;
 pub mod plan;
 pub mod registry;
 pub mod spack;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod sync;

@@ -7,6 +7,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
+use crate::state::StateDir;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open lock file {path}")]
@@ -43,8 +45,9 @@ pub struct RunLock {
     _file: File,
 }
 
+/// `state.dir/lock` ([`StateDir::lock`]).
 pub fn lock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("lock")
+    StateDir::new(state_dir).lock()
 }
 
 fn open(state_dir: &Path) -> Result<(File, PathBuf), Error> {
@@ -85,8 +88,9 @@ pub async fn acquire(state_dir: &Path) -> Result<RunLock, Error> {
     })?
 }
 
+/// `state.dir/daemon.pid` ([`StateDir::pid_file`]).
 pub fn pid_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("daemon.pid")
+    StateDir::new(state_dir).pid_file()
 }
 
 /// The pid in the daemon's pid file, if that process is alive.
@@ -111,7 +115,7 @@ impl PidFile {
         if let Some(pid) = daemon_pid(state_dir).filter(|pid| *pid != me) {
             return Err(Error::DaemonRunning { pid, path });
         }
-        let tmp = state_dir.join("daemon.pid.tmp");
+        let tmp = StateDir::new(state_dir).pid_file_staged();
         std::fs::write(&tmp, format!("{me}\n"))
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|source| Error::PidFile {

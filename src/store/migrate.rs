@@ -16,9 +16,18 @@ pub fn latest() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
 
-/// Applies the missing migrations, each in an exclusive transaction. Returns the version.
+/// Applies the missing migrations. The version is read, the missing migrations applied and
+/// the new version set in one exclusive transaction, so two first opens of the same ledger
+/// (`sync --now` and a starting daemon) cannot both see version 0: the second waits (the
+/// connection's busy timeout) and then finds nothing to do. Returns the version.
 pub(super) fn migrate(conn: &mut Connection) -> Result<i64, super::Error> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let seen: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if seen == latest() {
+        // Versions only grow, so a ledger already at the latest needs no lock.
+        return Ok(seen);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > latest() {
         return Err(super::Error::TooNew {
             found: current,
@@ -26,17 +35,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<i64, super::Error> {
         });
     }
     let done = usize::try_from(current).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    for sql in MIGRATIONS.iter().skip(done) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(i + 1).unwrap_or(i64::MAX),
-        )?;
-        tx.commit()?;
     }
-    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    tx.pragma_update(None, "user_version", latest())?;
+    tx.commit()?;
+    Ok(latest())
 }
 
 #[cfg(test)]

@@ -213,16 +213,3 @@ impl Run<'_> {
     }
 }
 
-// TEMPORARY: replaced by `Mirror::partial_len` when the mirror split lands.
-trait PartialLen {
-    fn partial_len(&self, digest: &Digest) -> u64;
-}
-
-impl PartialLen for Mirror {
-    fn partial_len(&self, digest: &Digest) -> u64 {
-        self.partial_path(digest)
-            .ok()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len())
-    }
-}

@@ -1,0 +1,247 @@
+//! The runs in the ledger: each run's row (trigger, pid, outcome, counts), the problems it
+//! met and what each source contributed. A `running` row whose writer is gone is read, and
+//! by the next writer closed, as failed "interrupted". It holds SQL only; whether a pid is
+//! alive is the caller's answer (`is_alive`), never looked up here.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Error, Problem, RunRow, RunSourceRow, Store, to_i64, to_u64};
+use crate::model::{Outcome, ProblemKind, RunCounts, Trigger};
+
+impl Store {
+    /// Starts a run. Any `running` row whose process is gone is closed as failed,
+    /// "interrupted" first.
+    pub fn start_run(
+        &self,
+        trigger: Trigger,
+        pid: u32,
+        now: i64,
+        is_alive: impl Fn(i64) -> bool,
+    ) -> Result<i64, Error> {
+        self.close_interrupted(now, is_alive)?;
+        self.conn.execute(
+            "INSERT INTO runs (trigger, pid, started_at) VALUES (?1, ?2, ?3)",
+            params![trigger, i64::from(pid), now],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn close_interrupted(&self, now: i64, is_alive: impl Fn(i64) -> bool) -> Result<(), Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pid FROM runs WHERE outcome = 'running'")?;
+        let stale: Vec<i64> = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+            .filter_map(Result::ok)
+            .filter(|(_, pid)| !is_alive(*pid))
+            .map(|(id, _)| id)
+            .collect();
+        for id in stale {
+            self.conn.execute(
+                "UPDATE runs SET outcome = 'failed', error = 'interrupted', finished_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn update_counts(&self, run_id: i64, c: &RunCounts) -> Result<(), Error> {
+        self.conn.execute(
+            "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
+                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8 WHERE id = ?1",
+            params![
+                run_id,
+                to_i64(c.specs_total),
+                to_i64(c.specs_fetched),
+                to_i64(c.specs_failed),
+                to_i64(c.specs_skipped),
+                to_i64(c.tags_ignored),
+                to_i64(c.blobs_fetched),
+                to_i64(c.bytes_fetched)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        outcome: Outcome,
+        counts: &RunCounts,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), Error> {
+        self.update_counts(run_id, counts)?;
+        self.conn.execute(
+            "UPDATE runs SET outcome = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+            params![run_id, outcome, error, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_problem(
+        &self,
+        run_id: i64,
+        source: &str,
+        tag: &str,
+        kind: ProblemKind,
+        message: &str,
+    ) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO run_problems (run_id, source, tag, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, source, tag, kind, message],
+        )?;
+        Ok(())
+    }
+
+    /// What one source contributed to a run (written as the run goes, and at its end).
+    pub fn record_run_source(&self, run_id: i64, row: &RunSourceRow) -> Result<(), Error> {
+        let c = &row.counts;
+        self.conn.execute(
+            "INSERT INTO run_sources (run_id, source, url, specs_total, specs_fetched, specs_failed,
+                 specs_skipped, blobs_fetched, bytes_fetched, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url,
+                specs_total = excluded.specs_total, specs_fetched = excluded.specs_fetched,
+                specs_failed = excluded.specs_failed, specs_skipped = excluded.specs_skipped,
+                blobs_fetched = excluded.blobs_fetched, bytes_fetched = excluded.bytes_fetched,
+                error = excluded.error",
+            params![
+                run_id,
+                row.source,
+                row.url,
+                to_i64(c.specs_total),
+                to_i64(c.specs_fetched),
+                to_i64(c.specs_failed),
+                to_i64(c.specs_skipped),
+                to_i64(c.blobs_fetched),
+                to_i64(c.bytes_fetched),
+                row.error
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn run_sources(&self, run_id: i64) -> Result<Vec<RunSourceRow>, Error> {
+        let mut stmt = self.conn.prepare(
+            "SELECT source, url, specs_total, specs_fetched, specs_failed, specs_skipped,
+                    blobs_fetched, bytes_fetched, error
+             FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(RunSourceRow {
+                source: r.get(0)?,
+                url: r.get(1)?,
+                counts: RunCounts {
+                    specs_total: to_u64(r.get(2)?),
+                    specs_fetched: to_u64(r.get(3)?),
+                    specs_failed: to_u64(r.get(4)?),
+                    specs_skipped: to_u64(r.get(5)?),
+                    tags_ignored: 0,
+                    blobs_fetched: to_u64(r.get(6)?),
+                    bytes_fetched: to_u64(r.get(7)?),
+                },
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest run; a `running` row whose process is gone reads as failed, "interrupted".
+    pub fn last_run(&self, is_alive: impl Fn(i64) -> bool) -> Result<Option<RunRow>, Error> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
+                        specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
+                        bytes_fetched
+                 FROM runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        trigger: r.get(1)?,
+                        pid: r.get(2)?,
+                        started_at: r.get(3)?,
+                        finished_at: r.get(4)?,
+                        outcome: r.get(5)?,
+                        error: r.get(6)?,
+                        counts: RunCounts {
+                            specs_total: to_u64(r.get(7)?),
+                            specs_fetched: to_u64(r.get(8)?),
+                            specs_failed: to_u64(r.get(9)?),
+                            specs_skipped: to_u64(r.get(10)?),
+                            tags_ignored: to_u64(r.get(11)?),
+                            blobs_fetched: to_u64(r.get(12)?),
+                            bytes_fetched: to_u64(r.get(13)?),
+                        },
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row.map(|mut run| {
+            if run.outcome == Outcome::Running && !is_alive(run.pid) {
+                run.outcome = Outcome::Failed;
+                run.error = Some("interrupted".to_owned());
+            }
+            run
+        }))
+    }
+
+    pub fn problems(&self, run_id: i64) -> Result<Vec<Problem>, Error> {
+        let mut stmt = self.conn.prepare(
+            "SELECT source, tag, kind, message FROM run_problems WHERE run_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(Problem {
+                source: r.get(0)?,
+                tag: r.get(1)?,
+                kind: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_records_outcome_and_counts() {
+        let s = Store::open_in_memory().unwrap();
+        let id = s.start_run(Trigger::Manual, 42, 100, |_| true).unwrap();
+        let running = s.last_run(|_| true).unwrap().unwrap();
+        assert_eq!(running.outcome, Outcome::Running);
+        let counts = RunCounts {
+            specs_total: 3,
+            blobs_fetched: 2,
+            bytes_fetched: 10,
+            ..RunCounts::default()
+        };
+        s.finish_run(id, Outcome::Partial, &counts, Some("x"), 200)
+            .unwrap();
+        let run = s.last_run(|_| true).unwrap().unwrap();
+        assert_eq!(run.outcome, Outcome::Partial);
+        assert_eq!(run.counts, counts);
+        assert_eq!(run.finished_at, Some(200));
+    }
+
+    #[test]
+    fn a_running_row_of_a_dead_process_reads_as_interrupted_and_is_closed_by_the_next_writer() {
+        let s = Store::open_in_memory().unwrap();
+        s.start_run(Trigger::Manual, 7, 100, |_| true).unwrap();
+        let run = s.last_run(|_| false).unwrap().unwrap();
+        assert_eq!(run.outcome, Outcome::Failed);
+        assert_eq!(run.error.as_deref(), Some("interrupted"));
+        s.start_run(Trigger::Manual, 8, 150, |pid| pid == 8)
+            .unwrap();
+        let mut stmt = s
+            .conn
+            .prepare("SELECT outcome, error FROM runs WHERE pid = 7")
+            .unwrap();
+        let (o, e): (String, String) = stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((o.as_str(), e.as_str()), ("failed", "interrupted"));
+    }
+}
