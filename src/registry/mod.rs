@@ -10,11 +10,13 @@
 //! This file holds the client itself (construction, the token flow, one request with its auth
 //! and 429 handling, the per-request retry loop, whole-body reads) and the manifests; the
 //! `Error` type and its predicates. `list` pages tags and the catalog, `blob` downloads blobs,
-//! `retry` times retries and the pacer, `push` uploads demo data. Nothing here decides what to
-//! mirror, parses Spack content or writes files: callers check, hash and store.
+//! `retry` times retries and the pacer, `push` uploads demo data (feature `demo` only).
+//! Nothing here decides what to mirror, parses Spack content or writes files: callers check,
+//! hash and store.
 
 mod blob;
 mod list;
+#[cfg(feature = "demo")]
 mod push;
 mod retry;
 

@@ -1,6 +1,7 @@
 //! Pushes, used only by the demo and test cache generator (`demo::push`): a blob unless the
 //! registry has it, and a manifest under a tag, both through oci-client's push token flow. The
-//! mirror never pushes; nothing in a sync may call these.
+//! mirror never pushes; nothing in a sync may call these, and they are compiled only with the
+//! `demo` feature.
 
 use bytes::Bytes;
 use oci_client::{Reference, RegistryOperation};
