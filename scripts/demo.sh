@@ -17,7 +17,7 @@ if ! command -v docker-registry >/dev/null 2>&1; then
 fi
 
 echo "== building (release)"
-cargo build --release --locked --bin spack-mirrord --example demo-cache
+cargo build --release --locked --features demo --bin spack-mirrord --example demo-cache
 
 work=${DEMO_DIR:-$(mktemp -d /tmp/spack-mirrord-demo.XXXXXX)}
 mkdir -p "$work"

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod diagnostic;
 pub mod error;
