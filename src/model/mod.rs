@@ -6,9 +6,11 @@
 mod access;
 mod display;
 mod ids;
+mod ledger;
 mod run;
 
 pub use access::{CaPem, Credentials, Network, Secret};
 pub use display::{ByteSize, Timestamp};
 pub use ids::{Digest, Error, RepoRef, Scheme, Tag};
+pub use ledger::IndexEntry;
 pub use run::{FileKind, ListedKind, Outcome, ProblemKind, RunCounts, Trigger};

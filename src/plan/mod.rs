@@ -2,10 +2,10 @@
 //! and the mirror hold, what a run must fetch, publish and remove. No I/O, not async; `sync`
 //! carries the plans out.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 
-use crate::model::{Digest, Tag};
+use crate::model::{Digest, IndexEntry, Tag};
 use crate::spack::{self, TagKind};
 use crate::store::KnownTag;
 
@@ -92,8 +92,9 @@ pub fn plan_blobs<'a, S: BuildHasher>(
 pub enum IndexSource {
     /// The registry's own `index.spack` blob fits the mirrored set: copy it byte for byte.
     Registry { blob: Digest, size: u64 },
-    /// Write one from the mirrored specs.
-    Synthesize,
+    /// Write one from the mirrored specs; `why` says what was wrong with the registry's,
+    /// when there was one to judge.
+    Synthesize { why: Option<String> },
 }
 
 /// What the ledger knows of the registry's index blob.
@@ -102,21 +103,57 @@ pub struct RegistryIndex {
     pub blob: Digest,
     pub size: u64,
     pub db_version: Option<String>,
-    pub in_buildcache: BTreeSet<String>,
+    /// The specs it marks `in_buildcache`, with the name and version it gives each.
+    pub in_buildcache: BTreeMap<String, IndexEntry>,
+    /// Why the blob is no usable database (it is then never copied).
+    pub problem: Option<String>,
 }
 
 /// The registry's index is copied only when it is a v8 database listing exactly the
-/// installable specs of the mirror (spack-formats.md §5.3); otherwise one is synthesized.
-pub fn choose_index(wanted: &BTreeSet<String>, registry: Option<&RegistryIndex>) -> IndexSource {
-    match registry {
-        Some(r) if r.db_version.as_deref() == Some("8") && &r.in_buildcache == wanted => {
-            IndexSource::Registry {
-                blob: r.blob.clone(),
-                size: r.size,
-            }
-        }
-        _ => IndexSource::Synthesize,
-    }
+/// installable specs of the mirror (spack-formats.md §5.3), each under the name and version
+/// its config gives (`wanted`: dag hash → the mirrored spec's name and version). An index
+/// with the right hashes and false names would make `spack buildcache list` lie.
+pub fn choose_index(
+    wanted: &BTreeMap<String, IndexEntry>,
+    registry: Option<&RegistryIndex>,
+) -> IndexSource {
+    let Some(r) = registry else {
+        return IndexSource::Synthesize { why: None };
+    };
+    let why = if let Some(problem) = &r.problem {
+        problem.clone()
+    } else if r.db_version.as_deref() != Some("8") {
+        format!(
+            "it is database version {}, not 8",
+            r.db_version.as_deref().unwrap_or("(none)")
+        )
+    } else if let Some((hash, listed, mirrored)) = r
+        .in_buildcache
+        .iter()
+        .find_map(|(h, e)| wanted.get(h).filter(|w| *w != e).map(|w| (h, e, w)))
+    {
+        format!(
+            "it lists {hash} as {}@{}, but its config says {}@{}",
+            listed.name, listed.version, mirrored.name, mirrored.version
+        )
+    } else if !r.in_buildcache.keys().eq(wanted.keys()) {
+        let extra = r
+            .in_buildcache
+            .keys()
+            .filter(|h| !wanted.contains_key(*h))
+            .count();
+        let missing = wanted
+            .keys()
+            .filter(|h| !r.in_buildcache.contains_key(*h))
+            .count();
+        format!("it lists {extra} specs the mirror does not serve and lacks {missing} that it does")
+    } else {
+        return IndexSource::Registry {
+            blob: r.blob.clone(),
+            size: r.size,
+        };
+    };
+    IndexSource::Synthesize { why: Some(why) }
 }
 
 /// Index blobs to delete: all but the current one and the one published before it (a reader
@@ -219,25 +256,59 @@ mod tests {
         assert_eq!(got, [Digest::of(b"a"), Digest::of(b"b")]);
     }
 
+    fn entry(name: &str, version: &str) -> IndexEntry {
+        IndexEntry {
+            name: name.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+
     #[test]
-    fn the_registry_index_is_copied_only_when_it_lists_exactly_the_mirror() {
-        let wanted: BTreeSet<String> = ["a", "b"].map(str::to_owned).into();
+    fn the_registry_index_is_copied_only_when_it_lists_exactly_the_mirror_by_name_too() {
+        let wanted: BTreeMap<String, IndexEntry> = [
+            ("a".to_owned(), entry("zlib", "1.3")),
+            ("b".to_owned(), entry("cmake", "3.30")),
+        ]
+        .into();
         let mut r = RegistryIndex {
             blob: Digest::of(b"i"),
             size: 1,
             db_version: Some("8".to_owned()),
             in_buildcache: wanted.clone(),
+            problem: None,
         };
         assert!(matches!(
             choose_index(&wanted, Some(&r)),
             IndexSource::Registry { .. }
         ));
-        r.in_buildcache.insert("c".to_owned());
-        assert_eq!(choose_index(&wanted, Some(&r)), IndexSource::Synthesize);
-        r.in_buildcache = wanted.clone();
+        let why = |r: &RegistryIndex| match choose_index(&wanted, Some(r)) {
+            IndexSource::Synthesize { why } => why.unwrap(),
+            IndexSource::Registry { .. } => panic!("copied"),
+        };
+        let mut extra = r.clone();
+        extra.in_buildcache.insert("c".to_owned(), entry("x", "1"));
+        assert!(
+            why(&extra).contains("1 specs the mirror does not serve"),
+            "{}",
+            why(&extra)
+        );
+        let mut renamed = r.clone();
+        renamed
+            .in_buildcache
+            .insert("a".to_owned(), entry("evil-zlib", "6.6.6-evil"));
+        assert_eq!(
+            why(&renamed),
+            "it lists a as evil-zlib@6.6.6-evil, but its config says zlib@1.3"
+        );
+        let mut garbage = r.clone();
+        garbage.problem = Some("it is not a Spack database".to_owned());
+        assert_eq!(why(&garbage), "it is not a Spack database");
         r.db_version = Some("7".to_owned());
-        assert_eq!(choose_index(&wanted, Some(&r)), IndexSource::Synthesize);
-        assert_eq!(choose_index(&wanted, None), IndexSource::Synthesize);
+        assert_eq!(why(&r), "it is database version 7, not 8");
+        assert_eq!(
+            choose_index(&wanted, None),
+            IndexSource::Synthesize { why: None }
+        );
     }
 
     #[test]

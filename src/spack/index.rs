@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::model::IndexEntry;
 use crate::oci::{Descriptor, RawManifest};
 
 use super::Error;
@@ -96,34 +97,74 @@ struct IndexDb {
 #[derive(Deserialize)]
 struct IndexRecord {
     in_buildcache: Option<bool>,
+    spec: Option<IndexSpec>,
+}
+
+#[derive(Deserialize)]
+struct IndexSpec {
+    name: Option<String>,
+    version: Option<serde_json::Value>,
 }
 
 /// Whether a registry index blob may be copied into the mirror as it is: it parses, its
 /// `database.version` is `"8"`, and the hashes it marks `in_buildcache` are exactly `wanted`.
 pub fn index_fits(index_bytes: &[u8], wanted: &BTreeSet<String>) -> bool {
-    index_summary(index_bytes).is_some_and(|s| s.db_version == "8" && &s.in_buildcache == wanted)
+    index_summary(index_bytes)
+        .is_ok_and(|s| s.db_version == "8" && s.in_buildcache.keys().eq(wanted.iter()))
 }
 
-/// What a build-cache index says about itself: its database version and the dag hashes it
-/// marks `in_buildcache`.
+/// What a build-cache index says about itself: its database version and the specs it marks
+/// `in_buildcache`, by dag hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSummary {
     pub db_version: String,
-    pub in_buildcache: BTreeSet<String>,
+    pub in_buildcache: BTreeMap<String, IndexEntry>,
 }
 
-/// Reads an index blob; `None` when it is not a Spack database (or a record lacks
-/// `in_buildcache`).
-pub fn index_summary(index_bytes: &[u8]) -> Option<IndexSummary> {
-    let doc = serde_json::from_slice::<IndexDoc>(index_bytes).ok()?;
-    let db_version = doc.database.version.as_str()?.to_owned();
-    let mut in_buildcache = BTreeSet::new();
+/// Why a registry index blob is not a Spack database this mirror could copy.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexProblem {
+    /// Not JSON, not of a database's shape, or nested deeper than the parser's limit of 128
+    /// levels (a database is about ten deep).
+    #[error("it is not a Spack database: {0}")]
+    NotDatabase(#[source] serde_json::Error),
+    #[error("its database version is not a string")]
+    Version,
+    #[error("its record of {hash} has no {field}")]
+    Incomplete { hash: String, field: &'static str },
+}
+
+/// Reads an index blob: what it lists as in the build cache, with names and versions.
+pub fn index_summary(index_bytes: &[u8]) -> Result<IndexSummary, IndexProblem> {
+    let doc = serde_json::from_slice::<IndexDoc>(index_bytes).map_err(IndexProblem::NotDatabase)?;
+    let db_version = doc
+        .database
+        .version
+        .as_str()
+        .ok_or(IndexProblem::Version)?
+        .to_owned();
+    let mut in_buildcache = BTreeMap::new();
     for (hash, record) in doc.database.installs {
-        if record.in_buildcache? {
-            in_buildcache.insert(hash);
+        let incomplete = |field| IndexProblem::Incomplete {
+            hash: hash.chars().take(64).collect(),
+            field,
+        };
+        if !record
+            .in_buildcache
+            .ok_or_else(|| incomplete("in_buildcache"))?
+        {
+            continue;
         }
+        let spec = record.spec.ok_or_else(|| incomplete("spec"))?;
+        let name = spec.name.ok_or_else(|| incomplete("spec name"))?;
+        let version = match spec.version {
+            Some(serde_json::Value::String(v)) => v,
+            Some(other) => other.to_string(),
+            None => return Err(incomplete("spec version")),
+        };
+        in_buildcache.insert(hash, IndexEntry { name, version });
     }
-    Some(IndexSummary {
+    Ok(IndexSummary {
         db_version,
         in_buildcache,
     })
@@ -252,5 +293,30 @@ mod tests {
         assert!(!index_fits(v7.as_bytes(), &six));
         let numeric = v7.replacen(r#""version":"7""#, r#""version":8"#, 1);
         assert!(!index_fits(numeric.as_bytes(), &six));
+    }
+
+    #[test]
+    fn a_summary_names_each_listed_spec_and_says_why_a_blob_is_no_database() {
+        let s = index_summary(&fixture(REGISTRY_INDEX)).unwrap();
+        let tinyapp = &s.in_buildcache[&hash_of("tinyapp")];
+        assert_eq!(tinyapp.name, "tinyapp");
+        assert!(!tinyapp.version.is_empty());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for (bad, why) in [
+            (b"not json".to_vec(), "not a Spack database"),
+            (deep.into_bytes(), "recursion limit"),
+            (
+                br#"{"database":{"version":8,"installs":{}}}"#.to_vec(),
+                "not a string",
+            ),
+            (
+                br#"{"database":{"version":"8","installs":{"h":{"in_buildcache":true}}}}"#.to_vec(),
+                "record of h has no spec",
+            ),
+        ] {
+            let e = index_summary(&bad).unwrap_err();
+            let text = crate::diagnostic::error_chain(&e);
+            assert!(text.contains(why), "{text}");
+        }
     }
 }

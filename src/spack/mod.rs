@@ -26,7 +26,9 @@ pub use dag::installable;
 pub use image::{
     ConfigVerdict, SpecConfig, SpecImage, check_spec_image, parse_config, parse_image_manifest,
 };
-pub use index::{IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index};
+pub use index::{
+    IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
+};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,

@@ -18,12 +18,13 @@ mod runs;
 mod sources;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::model::{Digest, FileKind, Outcome, ProblemKind, RunCounts, Trigger};
+use crate::model::{Digest, FileKind, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger};
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
@@ -51,6 +52,8 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("the ledger holds {what} this version cannot read: {reason}")]
+    Corrupt { what: &'static str, reason: String },
 }
 
 impl Error {
@@ -60,8 +63,8 @@ impl Error {
             Self::Sql(e) | Self::Open { source: e, .. } => {
                 e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }
-            Self::StateDir { source, .. } => crate::error::is_disk_full(source),
-            Self::TooNew { .. } => false,
+            Self::StateDir { source, .. } => crate::diagnostic::is_disk_full(source),
+            Self::TooNew { .. } | Self::Corrupt { .. } => false,
         }
     }
 }
@@ -145,7 +148,10 @@ pub struct RegistryIndexRow {
     pub blob_digest: Digest,
     pub blob_size: u64,
     pub db_version: Option<String>,
-    pub in_buildcache: Vec<String>,
+    /// The specs it marks `in_buildcache`, by dag hash, as it names them.
+    pub in_buildcache: BTreeMap<String, IndexEntry>,
+    /// Why the blob is no usable Spack database, if it is not.
+    pub problem: Option<String>,
 }
 
 pub struct Store {

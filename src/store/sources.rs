@@ -70,45 +70,71 @@ impl Store {
         Ok(())
     }
 
+    /// What the ledger knows of a source's registry index; `None` also for a row from before
+    /// the names were kept (migration 0005), so that the index is judged again.
     pub fn registry_index(&self, source: &str) -> Result<Option<RegistryIndexRow>, Error> {
-        Ok(self
+        let row = self
             .conn
             .query_row(
-                "SELECT manifest_digest, blob_digest, blob_size, db_version, in_buildcache
+                "SELECT manifest_digest, blob_digest, blob_size, db_version, entries, problem
                  FROM source_indexes WHERE source = ?1",
                 [source],
                 |r| {
-                    Ok(RegistryIndexRow {
-                        manifest_digest: r.get(0)?,
-                        blob_digest: r.get(1)?,
-                        blob_size: to_u64(r.get(2)?),
-                        db_version: r.get(3)?,
-                        in_buildcache: r
-                            .get::<_, String>(4)?
-                            .split_whitespace()
-                            .map(str::to_owned)
-                            .collect(),
-                    })
+                    Ok((
+                        r.get::<_, Digest>(0)?,
+                        r.get::<_, Digest>(1)?,
+                        to_u64(r.get(2)?),
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some((manifest_digest, blob_digest, blob_size, db_version, entries, problem)) = row
+        else {
+            return Ok(None);
+        };
+        let Some(entries) = entries else {
+            return Ok(None);
+        };
+        let in_buildcache = serde_json::from_str(&entries).map_err(|e| Error::Corrupt {
+            what: "the registry index entries",
+            reason: e.to_string(),
+        })?;
+        Ok(Some(RegistryIndexRow {
+            manifest_digest,
+            blob_digest,
+            blob_size,
+            db_version,
+            in_buildcache,
+            problem,
+        }))
     }
 
     pub fn set_registry_index(&self, source: &str, row: &RegistryIndexRow) -> Result<(), Error> {
+        let hashes: Vec<&str> = row.in_buildcache.keys().map(String::as_str).collect();
+        let entries = serde_json::to_string(&row.in_buildcache).map_err(|e| Error::Corrupt {
+            what: "the registry index entries",
+            reason: e.to_string(),
+        })?;
         self.conn.execute(
             "INSERT INTO source_indexes (source, manifest_digest, blob_digest, blob_size, db_version,
-                                         in_buildcache)
-             VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+                                         in_buildcache, entries, problem)
+             VALUES (?6, ?1, ?2, ?3, ?4, ?5, ?7, ?8)
              ON CONFLICT(source) DO UPDATE SET manifest_digest = excluded.manifest_digest,
                 blob_digest = excluded.blob_digest, blob_size = excluded.blob_size,
-                db_version = excluded.db_version, in_buildcache = excluded.in_buildcache",
+                db_version = excluded.db_version, in_buildcache = excluded.in_buildcache,
+                entries = excluded.entries, problem = excluded.problem",
             params![
                 row.manifest_digest,
                 row.blob_digest,
                 to_i64(row.blob_size),
                 row.db_version,
-                row.in_buildcache.join(" "),
-                source
+                hashes.join(" "),
+                source,
+                entries,
+                row.problem
             ],
         )?;
         Ok(())
@@ -119,6 +145,7 @@ impl Store {
 mod tests {
     use super::super::tests::d;
     use super::*;
+    use crate::model::IndexEntry;
 
     #[test]
     fn registry_index_round_trips() {
@@ -129,10 +156,23 @@ mod tests {
             blob_digest: d("b"),
             blob_size: 9,
             db_version: Some("8".to_owned()),
-            in_buildcache: vec!["a".to_owned(), "b".to_owned()],
+            in_buildcache: [(
+                "a".repeat(32),
+                IndexEntry {
+                    name: "zlib".to_owned(),
+                    version: "1.3".to_owned(),
+                },
+            )]
+            .into(),
+            problem: None,
         };
         s.set_registry_index("a", &row).unwrap();
         assert_eq!(s.registry_index("a").unwrap(), Some(row));
         assert!(s.registry_index("b").unwrap().is_none());
+        // A row from before the names were kept reads as unknown.
+        s.conn
+            .execute("UPDATE source_indexes SET entries = NULL", [])
+            .unwrap();
+        assert!(s.registry_index("a").unwrap().is_none());
     }
 }

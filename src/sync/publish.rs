@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use super::download::download;
 use super::{Candidate, Run, now};
 use crate::error::{Failure, Scope};
-use crate::model::{Digest, FileKind};
+use crate::model::{Digest, FileKind, IndexEntry};
 use crate::plan::{self, IndexSource, RegistryIndex};
 use crate::registry::RegistryClient;
 use crate::spack::{self, Descriptor};
@@ -20,6 +20,13 @@ use crate::store::{FileRow, RegistryIndexRow, SpecRow};
 
 /// Largest index blob accepted from the registry.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+fn entry(name: &str, version: &str) -> IndexEntry {
+    IndexEntry {
+        name: name.to_owned(),
+        version: version.to_owned(),
+    }
+}
 
 impl Run<'_> {
     /// Publishes the new candidates beside the intact specs, phase by phase.
@@ -55,14 +62,23 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
+        let mut named: BTreeMap<&str, IndexEntry> = intact
+            .iter()
+            .map(|s| (s.hash.as_str(), entry(&s.name, &s.version)))
+            .collect();
         for (c, _) in &ready {
             spec_json.insert(c.spec.hash.clone(), c.spec.spec_json.as_str());
+            named.insert(&c.spec.hash, entry(&c.spec.name, &c.spec.version));
         }
         let jsons: Vec<&str> = installable
             .iter()
             .filter_map(|h| spec_json.get(h).copied())
             .collect();
-        self.publish_index(&installable, &jsons).await?;
+        let listed: BTreeMap<String, IndexEntry> = installable
+            .iter()
+            .filter_map(|h| named.get(h.as_str()).map(|e| (h.clone(), e.clone())))
+            .collect();
+        self.publish_index(&listed, &jsons).await?;
         self.publish_layout().await
     }
 
@@ -292,17 +308,19 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let summary = spack::index_summary(&blob);
+        let (db_version, in_buildcache, problem) = match spack::index_summary(&blob) {
+            Ok(s) => (Some(s.db_version), s.in_buildcache, None),
+            Err(e) => (None, BTreeMap::new(), Some(crate::error::error_chain(&e))),
+        };
         self.store.set_registry_index(
             &name,
             &RegistryIndexRow {
                 manifest_digest: digest,
                 blob_digest: layer.digest,
                 blob_size: blob.len() as u64,
-                db_version: summary.as_ref().map(|s| s.db_version.clone()),
-                in_buildcache: summary
-                    .map(|s| s.in_buildcache.into_iter().collect())
-                    .unwrap_or_default(),
+                db_version,
+                in_buildcache,
+                problem,
             },
         )?;
         Ok(Some(blob))
@@ -314,7 +332,7 @@ impl Run<'_> {
     /// blobs beyond the previous one are removed.
     async fn publish_index(
         &mut self,
-        installable: &BTreeSet<String>,
+        installable: &BTreeMap<String, IndexEntry>,
         jsons: &[&str],
     ) -> Result<(), Failure> {
         let single = (self.sources.len() == 1
@@ -332,7 +350,8 @@ impl Run<'_> {
                     blob: r.blob_digest,
                     size: r.blob_size,
                     db_version: r.db_version,
-                    in_buildcache: r.in_buildcache.into_iter().collect(),
+                    in_buildcache: r.in_buildcache,
+                    problem: r.problem,
                 })
             }
             None => None,
@@ -356,9 +375,15 @@ impl Run<'_> {
                     };
                     (blob, size, bytes, "registry")
                 }
-                IndexSource::Synthesize => {
-                    let bytes =
-                        spack::synthesize_index(jsons, installable).map_err(Failure::run)?;
+                IndexSource::Synthesize { why } => {
+                    if let Some(why) = why {
+                        tracing::warn!(
+                            reason = why,
+                            "the registry's index is not copied; synthesizing one"
+                        );
+                    }
+                    let hashes: BTreeSet<String> = installable.keys().cloned().collect();
+                    let bytes = spack::synthesize_index(jsons, &hashes).map_err(Failure::run)?;
                     let digest = Digest::of(&bytes);
                     let size = bytes.len() as u64;
                     let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);

@@ -122,3 +122,91 @@ fn a_spec_declaring_an_absurd_size_fails_alone_and_the_others_are_published() {
     let published: Vec<&demo::GeneratedSpec> = cache.specs[..victim].iter().collect();
     check_mirror(&env.root(), &published);
 }
+
+/// Replaces the blob of the cache's `index.spack` image with `bytes`.
+fn replace_index_blob(cache: &mut demo::Cache, bytes: Vec<u8>) {
+    let image = cache
+        .images
+        .iter_mut()
+        .find(|i| i.tag == "index.spack")
+        .unwrap();
+    let digest = Digest::of(&bytes);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
+    let layer = &mut manifest["layers"][0];
+    let media_type = layer["mediaType"].as_str().unwrap().to_owned();
+    layer["digest"] = digest.to_string().into();
+    layer["size"] = bytes.len().into();
+    image.manifest = serde_json::to_vec(&manifest).unwrap();
+    image.layers = vec![digest.clone()];
+    cache.blobs.insert(
+        digest.clone(),
+        demo::Blob {
+            digest,
+            media_type,
+            data: bytes,
+        },
+    );
+}
+
+#[test]
+fn a_registry_index_with_false_names_or_no_database_is_not_copied_and_the_log_says_why() {
+    let reg = TestRegistry::shared();
+    for (repo, why) in [
+        ("hardening/index-names", "but its config says"),
+        ("hardening/index-garbage", "not a Spack database"),
+        ("hardening/index-deep", "recursion limit"),
+    ] {
+        let url = reg.url(repo);
+        let mut cache = demo::generate(
+            &demo::sample(3, 500),
+            &demo::Options {
+                seed: 1303,
+                with_index: true,
+                docker_format: false,
+            },
+        );
+        let index = cache
+            .images
+            .iter()
+            .find(|i| i.tag == "index.spack")
+            .unwrap();
+        let original = cache.blobs[&index.layers[0]].data.clone();
+        let bytes = match repo {
+            "hardening/index-names" => {
+                let mut text = String::from_utf8(original.clone()).unwrap();
+                for s in &cache.specs {
+                    text = text
+                        .replace(
+                            &format!("\"name\":\"{}\"", s.name),
+                            &format!("\"name\":\"evil-{}\"", s.name),
+                        )
+                        .replace(
+                            &format!("\"version\":\"{}\"", s.version),
+                            "\"version\":\"6.6.6-evil\"",
+                        );
+                }
+                assert!(text.contains("evil-"), "{text}");
+                text.into_bytes()
+            }
+            "hardening/index-garbage" => b"garbage, not a database".to_vec(),
+            _ => format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        };
+        replace_index_blob(&mut cache, bytes);
+        crate::support::mirrord::push(&url, &cache);
+
+        let env = Env::new(&url);
+        let out = env.sync();
+        assert!(out.status.success(), "{repo}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("the registry's index is not copied") && stderr.contains(why),
+            "{repo}: {stderr}"
+        );
+        // The published index is the mirror's own, with the true names, and so is exactly
+        // what Spack's update-index writes: the index the registry should have had.
+        let specs: Vec<&demo::GeneratedSpec> = cache.specs.iter().collect();
+        check_mirror(&env.root(), &specs);
+        let published = crate::support::mirrord::blob(&env.root(), Digest::of(&original).hex());
+        assert_eq!(std::fs::read(&published).unwrap(), original, "{repo}");
+    }
+}
