@@ -78,6 +78,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         _ => config::Purpose::Registry,
     };
     let config = config::load_for(&cli.config, purpose)?;
+    // On the real paths, before anything creates the state directory (each run checks again).
+    config::check_placement(&config)?;
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&config),
         Command::Status { json } => status(&config, json),
@@ -352,7 +354,7 @@ async fn inspect_with_progress(
     })
     .await;
     line.clear();
-    Ok(report?)
+    report
 }
 
 /// A `\r`-updated "verifying N/M files" line on stderr, only when stderr is a terminal.

@@ -27,10 +27,6 @@ use crate::sync::{self, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Lock(#[from] lock::Error),
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     #[error("stopped by a second signal before the run ended")]
@@ -58,7 +54,7 @@ fn status(text: &str) {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
-pub async fn serve(config: Config) -> Result<Exit, Error> {
+pub async fn serve(config: Config) -> Result<Exit, crate::error::Error> {
     Store::open(&config.state_dir)?;
     let _pid = PidFile::create(&config.state_dir)?;
     let shutdown = CancellationToken::new();
@@ -100,7 +96,7 @@ pub async fn serve(config: Config) -> Result<Exit, Error> {
         () = schedule::run_loop(inputs, run_once, ping) => {}
         () = forced.cancelled() => {
             notify(&[NotifyState::Stopping]);
-            return Err(Error::Forced);
+            return Err(Error::Forced.into());
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("stopped")]);

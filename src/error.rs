@@ -46,8 +46,6 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] crate::lock::Error),
     #[error(transparent)]
-    Sync(#[from] crate::sync::Error),
-    #[error(transparent)]
     Mirror(#[from] crate::mirror::Error),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::Error),
@@ -99,7 +97,7 @@ impl Error {
                 "status and verify need read access to state.dir: run them as root, as the service user, or as a member of its group (usermod -aG)"
                     .to_owned(),
             ),
-            Self::Store(e) | Self::Sync(crate::sync::Error::Store(e)) if e.is_disk_full() => {
+            Self::Store(e) if e.is_disk_full() => {
                 Some(STATE_DIR_FULL.to_owned())
             }
             _ => None,

@@ -7,6 +7,7 @@
 
 mod file;
 mod load;
+mod placement;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -20,6 +21,7 @@ use crate::model::{Credentials, Network, RepoRef, Secret};
 
 pub use file::{FileConfig, FileLog, FileMirror, FileSource, FileState, FileSync};
 pub use load::{load, load_for};
+pub use placement::{check_placement, overlap};
 pub use validate::validate;
 
 /// Where the configuration comes from when `--config` is not given.

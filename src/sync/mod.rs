@@ -35,21 +35,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{self, Config};
-use crate::error::Failure;
+use crate::error::{Error, Failure};
 use crate::lock::{self, RunLock};
-use crate::mirror::{self, Mirror};
+use crate::mirror::Mirror;
 use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
 use crate::registry::RegistryClient;
 use crate::spack::{SpecConfig, SpecImage};
 use crate::store::{self, FileRow, Store};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    #[error(transparent)]
-    Mirror(#[from] mirror::Error),
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -134,6 +126,8 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Report, Error> {
     let started = Instant::now();
+    // The paths' text was checked when the config was loaded; the filesystem may have changed.
+    config::check_placement(config)?;
     let store = Store::open(&config.state_dir)?;
     let run_id = store.start_run(opts.trigger, std::process::id(), now(), lock::process_alive)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());

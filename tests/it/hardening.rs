@@ -210,3 +210,42 @@ fn a_registry_index_with_false_names_or_no_database_is_not_copied_and_the_log_sa
         assert_eq!(std::fs::read(&published).unwrap(), original, "{repo}");
     }
 }
+
+#[test]
+fn a_state_dir_inside_the_root_by_dotdot_or_by_link_is_refused_by_config_check_and_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    std::fs::create_dir_all(base.join("x")).unwrap();
+    std::fs::create_dir_all(base.join("state")).unwrap();
+    std::os::unix::fs::symlink(base.join("state"), base.join("link")).unwrap();
+    for (root, state) in [
+        (base.join("x/../m"), base.join("m")),
+        (base.join("link"), base.join("state")),
+        (base.join("link/mirror"), base.join("state")),
+    ] {
+        let env = Env::with_dirs(
+            tempfile::tempdir().unwrap(),
+            "oci+http://127.0.0.1:9/x",
+            root.clone(),
+            state.clone(),
+        );
+        for args in [&["config", "check"][..], &["sync", "--now"][..]] {
+            let out = env.run(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(78),
+                "{root:?} {args:?}: {}",
+                text(&out)
+            );
+            assert!(
+                stderr.contains("state.dir") && stderr.contains("once links"),
+                "{stderr}"
+            );
+        }
+        assert!(
+            !state.join("ledger.sqlite").exists(),
+            "{root:?}: a ledger was written"
+        );
+    }
+}
