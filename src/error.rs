@@ -93,6 +93,12 @@ impl Error {
                 "another sync is running; drop --no-wait to wait for it, or see `spack-mirrord status`"
                     .to_owned(),
             ),
+            Self::Store(crate::store::Error::Unreadable { group, .. }) => Some(match group {
+                Some(g) => format!(
+                    "status and verify read the ledger: join the group {g} (usermod -aG {g} USER, then log in again), or run them as root or as the service user"
+                ),
+                None => "status and verify read the ledger: ask for read access to state.dir (its group), or run them as root or as the service user".to_owned(),
+            }),
             Self::Store(crate::store::Error::Open { .. }) => Some(
                 "status and verify need read access to state.dir: run them as root, as the service user, or as a member of its group (usermod -aG)"
                     .to_owned(),

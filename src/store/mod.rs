@@ -52,6 +52,14 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot read the ledger in state.dir {path}")]
+    Unreadable {
+        path: PathBuf,
+        /// The group that may read it (decisions.md 9), when it can be told.
+        group: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the ledger holds {what} this version cannot read: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -64,7 +72,7 @@ impl Error {
                 e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }
             Self::StateDir { source, .. } => crate::diagnostic::is_disk_full(source),
-            Self::TooNew { .. } | Self::Corrupt { .. } => false,
+            Self::TooNew { .. } | Self::Corrupt { .. } | Self::Unreadable { .. } => false,
         }
     }
 }
@@ -192,8 +200,22 @@ impl Store {
     /// Opens an existing ledger read-only; `None` when there is none yet (never ran).
     pub fn open_read_only(state_dir: &Path) -> Result<Option<Self>, Error> {
         let path = StateDir::new(state_dir).ledger();
-        if !path.exists() {
-            return Ok(None);
+        // Only a state directory (or ledger) that is not there means "never ran"; one that
+        // cannot be read is an error, never "nothing yet".
+        let unreadable = |source: std::io::Error| Error::Unreadable {
+            path: state_dir.to_owned(),
+            group: group_of(state_dir),
+            source,
+        };
+        match std::fs::metadata(state_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unreadable(e)),
+            Ok(_) => {}
+        }
+        match std::fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unreadable(e)),
+            Ok(_) => {}
         }
         let conn = Connection::open_with_flags(
             &path,
@@ -262,6 +284,18 @@ fn create_state_dir(dir: &Path) -> Result<(), Error> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
     }
     Ok(())
+}
+
+/// The name of the group owning `dir`, from `/etc/group`.
+fn group_of(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let gid = std::fs::metadata(dir).ok()?.gid().to_string();
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == gid).then(|| name.to_owned())
+    })
 }
 
 /// The database is 0640: readable by the service's group for `status`, by no one else.

@@ -249,3 +249,37 @@ fn a_state_dir_inside_the_root_by_dotdot_or_by_link_is_refused_by_config_check_a
         );
     }
 }
+
+#[test]
+fn status_and_verify_by_a_user_who_cannot_read_the_ledger_fail_naming_it_and_the_group() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    if !rustix::process::geteuid().is_root() {
+        return; // Needs to drop to another user; CI runs as root.
+    }
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    let mode = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // Everything but the state directory is readable by anyone.
+    mode(env.dir.path(), 0o755);
+    mode(&env.config_path(), 0o644);
+    // A ledger as the service leaves it: state.dir 0750, ledger 0640, owned by root's group.
+    spack_mirrord::store::Store::open(&env.state()).unwrap();
+    for args in [&["status"][..], &["status", "--json"], &["verify"]] {
+        let out = env.command(args).uid(65534).gid(65534).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            stderr.contains(&env.state().display().to_string())
+                && stderr.contains("join the group root"),
+            "{args:?}: {stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("no sync has run"), "{args:?}: {stdout}");
+        assert!(
+            !stdout.contains("nothing was mirrored"),
+            "{args:?}: {stdout}"
+        );
+    }
+}
