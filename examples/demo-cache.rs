@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     });
     if let Err(e) = pushed {
         eprintln!("error: pushing to {repo} failed: {e}");
-        let mut source = std::error::Error::source(&e);
+        let mut source = e.source();
         while let Some(cause) = source {
             eprintln!("  caused by: {cause}");
             source = cause.source();

@@ -158,14 +158,11 @@ fn cancel_on_signals(token: CancellationToken) {
 async fn take_run_lock(config: &Config, no_wait: bool) -> Result<lock::RunLock, Error> {
     Ok(match lock::try_acquire(&config.state_dir) {
         Ok(l) => l,
-        Err(lock::Error::Busy { path }) if !no_wait => {
-            tell!(
-                "another sync holds {}; waiting for it to finish (use --no-wait to fail instead)",
-                path.display()
-            );
+        Err(e) if e.is_busy() && !no_wait => {
+            tell!("{e}; waiting for it to finish (use --no-wait to fail instead)");
             lock::acquire(&config.state_dir).await?
         }
-        Err(lock::Error::Open { .. }) if !config.state_dir.exists() => {
+        Err(_) if !config.state_dir.exists() => {
             // The state directory is created by the ledger; take the lock right after.
             crate::store::Store::open(&config.state_dir)?;
             lock::try_acquire(&config.state_dir)?

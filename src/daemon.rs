@@ -185,7 +185,7 @@ async fn acquire(state_dir: &Path, shutdown: &CancellationToken) -> Option<RunLo
     loop {
         match lock::try_acquire(state_dir) {
             Ok(l) => return Some(l),
-            Err(lock::Error::Busy { .. }) => {
+            Err(e) if e.is_busy() => {
                 if !told {
                     tracing::info!("another sync holds the lock; waiting for it");
                     status("waiting for another sync to finish");

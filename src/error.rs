@@ -137,8 +137,6 @@ pub enum Cause {
     Oras(#[from] crate::oras::Error),
     #[error(transparent)]
     Blob(#[from] crate::sync::BlobError),
-    #[error(transparent)]
-    Artifact(#[from] crate::sync::ArtifactError),
     /// A source that cannot be read as configured (its list names nothing, say).
     #[error(transparent)]
     Listing(#[from] crate::sync::ListingError),
@@ -247,7 +245,6 @@ failure_from!(
     crate::spack::Error,
     crate::oras::Error,
     crate::sync::BlobError,
-    crate::sync::ArtifactError,
     crate::sync::ListingError,
     crate::sync::Stop
 );

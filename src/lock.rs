@@ -39,6 +39,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether another sync holds the lock (wait for it, or give up with `--no-wait`).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy { .. })
+    }
+}
+
 /// The run lock; released on drop.
 #[derive(Debug)]
 pub struct RunLock {

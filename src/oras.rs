@@ -59,6 +59,26 @@ pub enum Error {
         "path {path:?} would be inside {dir}/, which spack-mirrord writes itself for the Spack v3 layout"
     )]
     Reserved { path: String, dir: &'static str },
+    /// Any of the above, in the artifact it was found in.
+    #[error("artifact {repo}:{tag}")]
+    InArtifact {
+        repo: String,
+        tag: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// This error, said of the artifact `repo:tag`.
+    #[must_use]
+    pub fn in_artifact(self, repo: &str, tag: &str) -> Self {
+        Self::InArtifact {
+            repo: repo.to_owned(),
+            tag: tag.to_owned(),
+            source: Box::new(self),
+        }
+    }
 }
 
 /// One file of an artifact: its name and its blob.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::lock;
 use crate::model::{ByteSize, Outcome, ProblemKind, Timestamp, Trigger};
-use crate::store::{self, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -69,7 +69,7 @@ pub struct ProblemItem {
 
 impl StatusReport {
     /// Reads the ledger in `state_dir`; a missing ledger means no run yet.
-    pub fn read(state_dir: &std::path::Path, root: PathBuf) -> Result<Self, store::Error> {
+    pub fn read(state_dir: &std::path::Path, root: PathBuf) -> Result<Self, crate::error::Error> {
         let Some(store) = Store::open_read_only(state_dir)? else {
             return Ok(Self {
                 last_run: None,
@@ -246,7 +246,7 @@ mod tests {
         );
         assert!(r.to_string().contains("no sync has run"));
         assert!(
-            !dir.path().join(store::DB_FILE).exists(),
+            !dir.path().join(crate::store::DB_FILE).exists(),
             "status must not create the ledger"
         );
     }

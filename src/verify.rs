@@ -11,9 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 
-use crate::model::{Digest, FileKind};
+use crate::model::{Digest, FileKind, FileRow, SpecRow};
 use crate::spack;
-use crate::store::{FileRow, SpecRow};
 
 /// What is at a ledger-recorded path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +206,7 @@ impl<S: BuildHasher> Checker<'_, S> {
         let records = match spack::parse_v3_manifest(bytes) {
             Ok(r) => r,
             Err(e) => {
-                problem(crate::error::error_chain(&e));
+                problem(crate::diagnostic::error_chain(&e));
                 return None;
             }
         };

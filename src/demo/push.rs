@@ -10,7 +10,7 @@ use super::Cache;
 pub async fn push(
     cache: &Cache,
     client: &crate::registry::RegistryClient,
-) -> Result<(), crate::registry::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for blob in cache.blobs.values() {
         client
             .push_blob(&blob.digest, bytes::Bytes::from(blob.data.clone()))

@@ -103,7 +103,7 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Self::Write { source, .. } | Self::Staging { source, .. } => {
-                crate::error::is_disk_full(source)
+                crate::diagnostic::is_disk_full(source)
             }
             _ => false,
         }

@@ -1,9 +1,55 @@
 //! What the ledger keeps about specs, shared by `store` (which persists it), `spack` (which
-//! reads it from Spack's files) and `plan` (which decides on it).
+//! reads it from Spack's files), and `plan` and `verify` (which decide on it). The rows are
+//! plain data; `store` alone knows how they are kept.
+
+use super::{Digest, FileKind};
 
 /// A spec as an index names it: the name and version beside its dag hash.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct IndexEntry {
     pub name: String,
     pub version: String,
+}
+
+/// A tag as the ledger last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownTag {
+    pub manifest_digest: Option<Digest>,
+    pub spec_hash: Option<String>,
+}
+
+/// An oras artifact as the ledger last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrasArtifact {
+    /// The manifest digest whose files were published (`None`: listed, never published).
+    pub manifest_digest: Option<Digest>,
+    /// The paths it wrote under the mirror root.
+    pub paths: Vec<String>,
+}
+
+/// A spec published in the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecRow {
+    pub hash: String,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub tag: String,
+    pub manifest_path: String,
+    pub tarball_digest: Digest,
+    pub spec_digest: Digest,
+    pub spec_json: String,
+    /// Dag hashes that must be in the mirror for this spec to install.
+    pub requires: Vec<String>,
+    /// The source that published it.
+    pub source: String,
+}
+
+/// A file written under the mirror root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub path: String,
+    pub kind: FileKind,
+    pub digest: Digest,
+    pub size: u64,
 }

@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 
-use crate::model::{Digest, IndexEntry, Tag};
+use crate::model::{Digest, IndexEntry, KnownTag, Tag};
 use crate::spack::{self, TagKind};
-use crate::store::KnownTag;
 
 mod space;
 

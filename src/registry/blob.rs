@@ -63,6 +63,16 @@ pub struct BlobBody {
 }
 
 impl BlobBody {
+    /// The error of a body that ended cleanly after `received` of `expected` bytes: transient,
+    /// like a reset, so the download resumes from what arrived.
+    pub fn truncated(&self, received: u64, expected: u64) -> Error {
+        Error::Truncated {
+            url: self.url.clone(),
+            received,
+            expected,
+        }
+    }
+
     /// The length the registry announced, if any.
     pub fn content_length(&self) -> Option<u64> {
         self.resp.content_length()

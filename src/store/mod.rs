@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::model::{Digest, FileKind, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger};
+use crate::model::{Digest, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger};
+pub use crate::model::{FileRow, KnownTag, OrasArtifact, SpecRow};
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
@@ -104,49 +105,6 @@ pub struct RunSourceRow {
     pub url: String,
     pub counts: RunCounts,
     pub error: Option<String>,
-}
-
-/// A tag as the ledger last saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownTag {
-    pub manifest_digest: Option<Digest>,
-    pub spec_hash: Option<String>,
-}
-
-/// An oras artifact as the ledger last saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrasArtifact {
-    /// The manifest digest whose files were published (`None`: listed, never published).
-    pub manifest_digest: Option<Digest>,
-    /// The paths it wrote under the mirror root.
-    pub paths: Vec<String>,
-}
-
-/// A spec published in the mirror.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecRow {
-    pub hash: String,
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    pub tag: String,
-    pub manifest_path: String,
-    pub tarball_digest: Digest,
-    pub spec_digest: Digest,
-    pub spec_json: String,
-    /// Dag hashes that must be in the mirror for this spec to install.
-    pub requires: Vec<String>,
-    /// The source that published it.
-    pub source: String,
-}
-
-/// A file written under the mirror root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRow {
-    pub path: String,
-    pub kind: FileKind,
-    pub digest: Digest,
-    pub size: u64,
 }
 
 /// The registry's `index.spack` as last seen.

@@ -136,12 +136,7 @@ async fn receive(
     }
     if writer.len() < d.size {
         // The body ended cleanly but short: like a reset, resume from what arrived.
-        return Err(registry::Error::Truncated {
-            url: body.url().to_owned(),
-            received: writer.len(),
-            expected: d.size,
-        }
-        .into());
+        return Err(body.truncated(writer.len(), d.size).into());
     }
     Ok(())
 }

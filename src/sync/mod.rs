@@ -23,7 +23,7 @@ mod space;
 
 pub use download::BlobError;
 pub use inspect::{discard, inspect};
-pub use source::{ArtifactError, ListingError};
+pub use source::ListingError;
 pub use space::{MAX_DECLARED_BYTES, Stop};
 
 use std::collections::HashMap;

@@ -276,7 +276,7 @@ impl Run<'_> {
 
     /// The filesystems a Spack run writes to: the root's, the staging directory's (when
     /// another) and the ledger's, each once.
-    fn volumes(&self) -> Result<Volumes, mirror::Error> {
+    fn volumes(&self) -> Result<Volumes, Failure> {
         let space = self.mirror.free_space()?;
         let state = mirror::volume(&self.config.state_dir)?;
         let mut v = Volumes {

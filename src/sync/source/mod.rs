@@ -9,8 +9,6 @@
 mod oras_files;
 mod spack_oci;
 
-pub use oras_files::ArtifactError;
-
 use super::{Candidate, Run, Stop};
 use crate::config::Layout;
 use crate::error::{Failure, Scope};

@@ -27,16 +27,6 @@ use crate::spack::Descriptor;
 use crate::sync::download::download;
 use crate::sync::{BlobError, MAX_DECLARED_BYTES, Run};
 
-/// An artifact whose manifest cannot be mirrored, named by repository and tag.
-#[derive(Debug, thiserror::Error)]
-#[error("artifact {repo}:{tag}")]
-pub struct ArtifactError {
-    repo: String,
-    tag: String,
-    #[source]
-    source: oras::Error,
-}
-
 /// An artifact whose manifest was read: the files it wants under the root.
 struct Artifact {
     /// Relative to the source's url.
@@ -396,17 +386,15 @@ async fn look_up(
         return Ok(Looked::Unchanged);
     }
     let (manifest, manifest_digest) = client.fetch_manifest(tag).await?;
-    let in_artifact = |source| ArtifactError {
-        repo: repo.to_string(),
-        tag: tag.to_owned(),
-        source,
-    };
+    let artifact = repo.to_string();
     let files = oras::parse_manifest(&manifest)
-        .map_err(in_artifact)?
-        .into_iter()
-        .map(|l| Ok((oras::mirror_path(rel, &l.title)?, l.descriptor)))
-        .collect::<Result<Vec<_>, oras::Error>>()
-        .map_err(in_artifact)?;
+        .and_then(|layers| {
+            layers
+                .into_iter()
+                .map(|l| Ok((oras::mirror_path(rel, &l.title)?, l.descriptor)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.in_artifact(&artifact, tag))?;
     Ok(Looked::Changed(Artifact {
         repository: rel.to_owned(),
         client: Arc::new(client),
