@@ -5,7 +5,9 @@
 //! `sync::inspect` gathers the observations, `commands` prints the report.
 //!
 //! Decisions.md 10: only ledger-recorded paths are ever touched. Extra files are reported,
-//! never removed.
+//! never removed. A symbolic link below the root where spack-mirrord keeps its directories or
+//! files (found hashing a recorded path, or listing `blobs/` and `v3/`) is never followed: it
+//! is reported, fails the verdict, and is left for a person, as is everything behind it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -18,8 +20,13 @@ use crate::spack;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
     Missing,
-    /// A directory, symlink or other non-regular file.
+    /// A directory or other non-regular file (not a symlink).
     NotAFile,
+    /// A symbolic link at the path or at one of its directories, at `link` (relative to the
+    /// root); what is behind it was not read.
+    Symlink {
+        link: String,
+    },
     File {
         size: u64,
         digest: Digest,
@@ -35,6 +42,8 @@ pub struct Observations {
     pub manifests: HashMap<String, Vec<u8>>,
     /// Every file under `blobs/` and `v3/`, relative to the root.
     pub on_disk: Vec<String>,
+    /// Every symbolic link under `blobs/` and `v3/` (`blobs` and `v3` included), not followed.
+    pub symlinks: Vec<String>,
 }
 
 /// A recorded file whose bytes differ from the ledger's record.
@@ -74,18 +83,27 @@ pub struct VerifyReport {
     /// Files under `blobs/` and `v3/` that no ledger row names; reported, never touched.
     pub extra: Vec<String>,
     pub manifest_problems: Vec<ManifestProblem>,
+    /// Symbolic links below the root where spack-mirrord keeps its directories or files: met
+    /// on the way to a recorded file, at one, or under `blobs/` and `v3/`. Not followed, never
+    /// removed; the recorded files behind them are counted in `checked` only.
+    pub symlinks: Vec<String>,
 }
 
 impl VerifyReport {
-    /// No missing, corrupt or manifest problem. Extra files do not count: Spack reads through
-    /// manifests and never sees them.
+    /// No missing, corrupt, manifest problem or symbolic link. Extra files do not count: Spack
+    /// reads through manifests and never sees them.
     pub fn is_sound(&self) -> bool {
-        self.missing.is_empty() && self.corrupt.is_empty() && self.manifest_problems.is_empty()
+        self.missing.is_empty()
+            && self.corrupt.is_empty()
+            && self.manifest_problems.is_empty()
+            && self.symlinks.is_empty()
     }
 
     /// What `--repair` discards before its sync: corrupt regular files (removed, and their
     /// rows forgotten) and missing ones (rows forgotten), so that the sync sees them as gone
-    /// and fetches or writes them again. Paths holding a non-file are left for a person.
+    /// and fetches or writes them again. Paths holding a non-file are left for a person, and
+    /// so are symbolic links and the recorded files behind them: nothing is removed at or
+    /// through a link.
     pub fn to_discard(&self) -> Vec<String> {
         let mut out: BTreeSet<String> = self.missing.iter().cloned().collect();
         out.extend(
@@ -113,6 +131,7 @@ pub fn build_report<S: BuildHasher>(
     seen: &Observations,
 ) -> VerifyReport {
     let mut report = VerifyReport::default();
+    let mut symlinks: BTreeSet<String> = seen.symlinks.iter().cloned().collect();
     let mut recorded: Vec<&FileRow> = files.values().collect();
     recorded.sort_by(|a, b| a.path.cmp(&b.path));
     for row in recorded {
@@ -127,6 +146,9 @@ pub fn build_report<S: BuildHasher>(
                 actual: None,
                 actual_size: None,
             }),
+            Observed::Symlink { link } => {
+                symlinks.insert(link.clone());
+            }
             Observed::File { size, digest } => {
                 if *size != row.size || *digest != row.digest {
                     report.corrupt.push(Corrupt {
@@ -147,6 +169,7 @@ pub fn build_report<S: BuildHasher>(
         .cloned()
         .collect();
     report.extra.sort();
+    report.symlinks = symlinks.into_iter().collect();
 
     let any_spec = !specs.is_empty() || files.values().any(|f| f.kind == FileKind::SpecManifest);
     let checker = Checker { files, seen };
@@ -225,6 +248,12 @@ impl<S: BuildHasher> Checker<'_, S> {
                     Some(Observed::NotAFile) => {
                         problem(format!("references {blob}, which is not a regular file"));
                     }
+                    Some(Observed::Symlink { link }) if *link == blob => {
+                        problem(format!("references {blob}, which is a symbolic link"));
+                    }
+                    Some(Observed::Symlink { link }) => problem(format!(
+                        "references {blob}, which is behind the symbolic link {link}"
+                    )),
                     None | Some(Observed::Missing) => {
                         problem(format!("references {blob}, which is missing"));
                     }
@@ -242,7 +271,7 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} files ({}): {} missing, {} corrupt, {} extra, {} manifest {}",
+            "checked {} files ({}): {} missing, {} corrupt, {} extra, {} manifest {}, {} {}",
             self.checked,
             crate::model::ByteSize(self.bytes),
             self.missing.len(),
@@ -253,6 +282,12 @@ impl fmt::Display for VerifyReport {
                 "problem"
             } else {
                 "problems"
+            },
+            self.symlinks.len(),
+            if self.symlinks.len() == 1 {
+                "symlink"
+            } else {
+                "symlinks"
             }
         )?;
         list(f, &self.missing, |f, p| writeln!(f, "missing   {p}"))?;
@@ -273,6 +308,12 @@ impl fmt::Display for VerifyReport {
         })?;
         list(f, &self.manifest_problems, |f, m| {
             writeln!(f, "manifest  {}: {}", m.manifest, m.problem)
+        })?;
+        list(f, &self.symlinks, |f, p| {
+            writeln!(
+                f,
+                "symlink   {p}: a symbolic link where spack-mirrord keeps its own directories and files; not followed, remove it by hand, then sync"
+            )
         })
     }
 }
@@ -550,6 +591,49 @@ mod tests {
         let mut expected = vec![tarball, spec_blob];
         expected.sort();
         assert_eq!(report(&f).to_discard(), expected);
+    }
+
+    #[test]
+    fn symlinks_fail_the_verdict_are_named_once_and_nothing_behind_them_is_discarded() {
+        let mut f = fixture();
+        let (tarball, spec_blob) = (f.tarball.clone(), f.spec_blob.clone());
+        let dir = tarball.rsplit_once('/').unwrap().0.to_owned();
+        f.seen
+            .files
+            .insert(tarball.clone(), Observed::Symlink { link: dir.clone() });
+        f.seen.files.insert(
+            spec_blob.clone(),
+            Observed::Symlink {
+                link: spec_blob.clone(),
+            },
+        );
+        f.seen.on_disk.retain(|p| *p != tarball && *p != spec_blob);
+        f.seen.symlinks = vec![spec_blob.clone(), dir.clone()];
+        let r = report(&f);
+        let mut expected = vec![dir.clone(), spec_blob.clone()];
+        expected.sort();
+        assert_eq!(r.symlinks, expected);
+        assert!(!r.is_sound());
+        assert!(r.missing.is_empty() && r.corrupt.is_empty() && r.extra.is_empty());
+        assert!(r.to_discard().is_empty());
+        let problems: Vec<&str> = r.manifest_problems.iter().map(|m| &*m.problem).collect();
+        assert_eq!(
+            problems,
+            [
+                format!("references {tarball}, which is behind the symbolic link {dir}"),
+                format!("references {spec_blob}, which is a symbolic link"),
+            ]
+        );
+        let text = r.to_string();
+        assert!(text.contains("2 manifest problems, 2 symlinks"), "{text}");
+        assert!(text.contains(&format!("symlink   {dir}: ")), "{text}");
+
+        let mut f = fixture();
+        f.seen.symlinks = vec!["v3/manifests/spec/other".to_owned()];
+        let r = report(&f);
+        assert_eq!(r.symlinks, ["v3/manifests/spec/other"]);
+        assert!(!r.is_sound());
+        assert!(r.to_string().contains(", 1 symlink\n"), "{r}");
     }
 
     #[test]

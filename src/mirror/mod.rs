@@ -14,12 +14,20 @@
 //! `tempfile::TempPath`, deleted when its `BlobWriter` is dropped, and the root only ever
 //! changes by a rename. Staged files left by a killed run are removed when the mirror is opened.
 //!
+//! Below the root, no symbolic link is followed, by writes or reads: directories are opened
+//! (and made) one component at a time with `O_NOFOLLOW`, and files renamed, opened or removed
+//! relative to them. A link where a directory must be fails the write
+//! ([`Error::SymlinkInPath`], not a content error, so the run fails); reads report it. The root
+//! itself may be a symlink.
+//!
 //! This file opens the mirror (the root's directories, the staging choice with its path from
 //! `state`), turns relative paths into paths under the root (refusing any that are not plain),
-//! and holds the error and the free-space types; `writer` holds the staged writes and
-//! `read` the reading back. It imports only `model`, `state` and `error::is_disk_full`.
+//! and holds the error and the free-space types; `tree` holds the link-free opening of paths,
+//! `writer` the staged writes and `read` the reading back. It imports only `model`, `state`
+//! and `error::is_disk_full`.
 
 mod read;
+mod tree;
 mod writer;
 
 use std::io;
@@ -29,7 +37,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::model::Digest;
 use crate::state::StateDir;
 
-pub use read::Hashed;
+pub use read::{Hashed, Listing};
 pub use writer::BlobWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +96,10 @@ pub enum Error {
     },
     #[error("refusing path {0:?}: not a plain relative path under the mirror root")]
     UnsafePath(String),
+    #[error(
+        "refusing to write through symbolic link {path} inside the mirror root; remove it (spack-mirrord creates its directories itself)"
+    )]
+    SymlinkInPath { path: PathBuf },
 }
 
 impl Error {
@@ -157,7 +169,6 @@ pub struct Mirror {
 
 /// Prefix of every staged file (only these are removed from the staging directory).
 const STAGED_PREFIX: &str = "blob-";
-const DIR_MODE: u32 = 0o755;
 
 impl Mirror {
     /// Opens (creating if needed) the mirror root and picks the staging directory:
@@ -168,8 +179,15 @@ impl Mirror {
             source,
         };
         create_dirs(root).map_err(root_err)?;
+        let mirror = Self {
+            root: root.to_owned(),
+            staging: None,
+        };
         for sub in ["blobs/sha256", "v3/manifests"] {
-            create_dirs(&root.join(sub)).map_err(root_err)?;
+            match mirror.write_dir(Path::new(sub)) {
+                Err(Error::Write { source, .. }) => return Err(root_err(source)),
+                other => drop(other?),
+            }
         }
         let root_dev = std::fs::metadata(root).map_err(root_err)?.dev();
         let state_tmp = StateDir::new(state_dir).tmp();
@@ -207,8 +225,8 @@ impl Mirror {
         tracing::debug!(staging = %staging.display(), "staging directory chosen");
         remove_leftovers(&staging);
         Ok(Self {
-            root: root.to_owned(),
             staging: Some(staging),
+            ..mirror
         })
     }
 
@@ -285,17 +303,18 @@ fn remove_leftovers(staging: &Path) {
     }
 }
 
-/// Creates a directory and its missing parents, each 0755.
+/// Creates the root and its missing parents, each 0755 (the root may be a symlink, and so may
+/// its parents; below it, directories are made by `tree`, which follows none).
 fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(DIR_MODE)
+        .mode(tree::DIR_MODE)
         .create(dir)?;
     // The umask may have narrowed the mode; Spack users need to traverse it.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tree::DIR_MODE))
 }
 
 #[cfg(test)]

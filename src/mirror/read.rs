@@ -1,13 +1,18 @@
 //! Reading the mirror back, for `verify` and for the presence checks of a sync: sizes,
 //! small files, streamed sha256 of what is at a path (1 MiB at a time, off the async
-//! threads; symlinks not followed), and the listing of `blobs/` and `v3/`. It never writes,
-//! creates or removes anything, so it works the same on a read-only [`Mirror::existing`].
+//! threads), and the listing of `blobs/` and `v3/`. No symbolic link below the root is
+//! followed (`tree`): one met where a directory or a file should be is an answer
+//! ([`Hashed::Symlink`], [`Listing::symlinks`]), and a size is only that of a regular file
+//! reached without one. It never writes, creates or removes anything, so it works the same on
+//! a read-only [`Mirror::existing`].
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use rustix::fs::FileType;
 use sha2::Digest as _;
 
+use super::tree::{self, Failed, Found, Opened};
 use super::{Error, Mirror};
 use crate::model::Digest;
 
@@ -15,12 +20,26 @@ use crate::model::Digest;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hashed {
     Missing,
-    /// Something other than a regular file: a directory, a symlink, a device.
+    /// Something other than a regular file: a directory, a device.
     NotAFile,
+    /// A symbolic link at the path or at one of its directories; `link` is that link's path,
+    /// relative to the root. Not followed.
+    Symlink {
+        link: String,
+    },
     File {
         digest: Digest,
         size: u64,
     },
+}
+
+/// What is under `blobs/` and `v3/`, relative to the root, each list sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Every entry that is neither a directory nor a symbolic link.
+    pub files: Vec<String>,
+    /// Every symbolic link, `blobs` and `v3` included; never descended into.
+    pub symlinks: Vec<String>,
 }
 
 /// The directories under the root that hold what spack-mirrord publishes.
@@ -29,28 +48,27 @@ const PUBLISHED_DIRS: [&str; 2] = ["blobs", "v3"];
 const HASH_CHUNK: usize = 1 << 20;
 
 impl Mirror {
-    /// The size of a file under the root, if it is there.
+    /// The size of a regular file under the root, if it is there and reached through no
+    /// symbolic link.
     pub fn size_of(&self, rel: &str) -> Option<u64> {
-        let p = self.path(rel).ok()?;
-        std::fs::metadata(p)
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
+        let (parent, name) = self.split(rel).ok()?;
+        let Ok(Opened::Dir(dir)) = tree::open_dir(&self.root, parent, false) else {
+            return None;
+        };
+        let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+            u64::try_from(st.st_size).ok()
+        } else {
+            None
+        }
     }
 
-    /// Reads a file under the root (small files: manifests, index blobs).
+    /// Reads a file under the root (small files: manifests, index blobs). A symbolic link at
+    /// the path or on the way is refused ([`Error::SymlinkInPath`]).
     pub async fn read(&self, rel: &str) -> Result<Vec<u8>, Error> {
-        let p = self.path(rel)?;
-        tokio::fs::read(&p)
-            .await
-            .map_err(|source| Error::Read { path: p, source })
-    }
-
-    /// Hashes what is at `rel` (sha256, streamed). A missing path or one that is not a regular
-    /// file is an answer, not an error; symlinks are not followed.
-    pub async fn hash_file(&self, rel: &str) -> Result<Hashed, Error> {
-        let p = self.path(rel)?;
-        tokio::task::spawn_blocking(move || hash_blocking(&p))
+        let mirror = self.clone();
+        let owned = rel.to_owned();
+        tokio::task::spawn_blocking(move || mirror.read_blocking(&owned))
             .await
             .map_err(|e| Error::Read {
                 path: self.root.join(rel),
@@ -58,72 +76,122 @@ impl Mirror {
             })?
     }
 
-    /// Every non-directory entry under `blobs/` and `v3/`, relative to the root, sorted. The
-    /// directories may be absent (nothing published yet).
-    pub fn walk(&self) -> Result<Vec<String>, Error> {
-        let mut out = Vec::new();
+    /// Hashes what is at `rel` (sha256, streamed). A missing path, one that is not a regular
+    /// file, and a symbolic link at it or on the way are answers, not errors; no link is
+    /// followed.
+    pub async fn hash_file(&self, rel: &str) -> Result<Hashed, Error> {
+        let mirror = self.clone();
+        let owned = rel.to_owned();
+        tokio::task::spawn_blocking(move || mirror.hash_blocking(&owned))
+            .await
+            .map_err(|e| Error::Read {
+                path: self.root.join(rel),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// Everything under `blobs/` and `v3/` but directories, relative to the root: the files,
+    /// and apart the symbolic links (not followed). The directories may be absent (nothing
+    /// published yet).
+    pub fn walk(&self) -> Result<Listing, Error> {
+        let mut out = Listing::default();
         for dir in PUBLISHED_DIRS {
-            walk_dir(&self.root, &self.root.join(dir), &mut out)?;
+            self.walk_dir(Path::new(dir), &mut out)?;
         }
-        out.sort();
+        out.files.sort();
+        out.symlinks.sort();
         Ok(out)
     }
-}
 
-fn hash_blocking(p: &Path) -> Result<Hashed, Error> {
-    use std::io::Read as _;
-    let read_err = |source| Error::Read {
-        path: p.to_owned(),
-        source,
-    };
-    match std::fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Hashed::Missing),
-        Err(e) => return Err(read_err(e)),
-        Ok(m) if !m.is_file() => return Ok(Hashed::NotAFile),
-        Ok(_) => {}
-    }
-    let mut file = match std::fs::File::open(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Hashed::Missing),
-        other => other.map_err(read_err)?,
-    };
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0; HASH_CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
+    fn read_blocking(&self, rel: &str) -> Result<Vec<u8>, Error> {
+        use std::io::Read as _;
+        let path = self.root.join(rel);
+        let mut file = match self.open_file(rel)? {
+            Found::File(file) => file,
+            Found::Symlink(link) => {
+                return Err(Error::SymlinkInPath {
+                    path: self.root.join(link),
+                });
+            }
+            Found::Missing => {
+                return Err(Error::Read {
+                    path,
+                    source: io::ErrorKind::NotFound.into(),
+                });
+            }
+            Found::NotAFile => {
+                return Err(Error::Read {
+                    path,
+                    source: io::Error::other("not a regular file"),
+                });
+            }
         };
-        hasher.update(&buf[..n]);
-        size += n as u64;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| Error::Read { path, source })?;
+        Ok(bytes)
     }
-    Ok(Hashed::File {
-        digest: Digest::from_hash(hasher.finalize().as_slice()),
-        size,
-    })
-}
 
-fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Error> {
-    let read_err = |source| Error::Read {
-        path: dir.to_owned(),
-        source,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other.map_err(read_err)?,
-    };
-    for entry in entries {
-        let entry = entry.map_err(read_err)?;
-        let path = entry.path();
-        if entry.file_type().map_err(read_err)?.is_dir() {
-            walk_dir(root, &path, out)?;
-        } else if let Ok(rel) = path.strip_prefix(root) {
-            out.push(rel.to_string_lossy().into_owned());
+    fn hash_blocking(&self, rel: &str) -> Result<Hashed, Error> {
+        use std::io::Read as _;
+        let mut file = match self.open_file(rel)? {
+            Found::File(file) => file,
+            Found::Missing => return Ok(Hashed::Missing),
+            Found::NotAFile => return Ok(Hashed::NotAFile),
+            Found::Symlink(link) => {
+                return Ok(Hashed::Symlink {
+                    link: link.to_string_lossy().into_owned(),
+                });
+            }
+        };
+        let read_err = |source| Error::Read {
+            path: self.root.join(rel),
+            source,
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0; HASH_CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
         }
+        Ok(Hashed::File {
+            digest: Digest::from_hash(hasher.finalize().as_slice()),
+            size,
+        })
     }
-    Ok(())
+
+    /// Lists `rel` into `out`, each directory opened afresh from the root without following
+    /// a link (the tree is shallow: `blobs/sha256/xx`, `v3/manifests/spec/<name>`).
+    fn walk_dir(&self, rel: &Path, out: &mut Listing) -> Result<(), Error> {
+        let dir = match tree::open_dir(&self.root, rel, false).map_err(Failed::read)? {
+            Opened::Dir(fd) => fd,
+            Opened::Missing => return Ok(()),
+            Opened::Symlink(link) => {
+                out.symlinks.push(link.to_string_lossy().into_owned());
+                return Ok(());
+            }
+        };
+        let entries = tree::entries(&dir).map_err(|e| Error::Read {
+            path: self.root.join(rel),
+            source: e.into(),
+        })?;
+        for (name, kind) in entries {
+            let path: PathBuf = rel.join(name);
+            match kind {
+                FileType::Directory => self.walk_dir(&path, out)?,
+                FileType::Symlink => out.symlinks.push(path.to_string_lossy().into_owned()),
+                _ => out.files.push(path.to_string_lossy().into_owned()),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -164,12 +232,13 @@ mod tests {
         m.write_file("blobs/sha256/ab/x", b"x").await.unwrap();
         std::fs::write(m.root().join("README"), b"not ours").unwrap();
         std::fs::create_dir_all(m.root().join("v3/empty")).unwrap();
-        assert_eq!(m.walk().unwrap(), ["blobs/sha256/ab/x", "v3/layout.json"]);
-        assert!(
-            Mirror::existing(&m.root().join("absent"))
-                .walk()
-                .unwrap()
-                .is_empty()
+        assert_eq!(
+            m.walk().unwrap().files,
+            ["blobs/sha256/ab/x", "v3/layout.json"]
+        );
+        assert_eq!(
+            Mirror::existing(&m.root().join("absent")).walk().unwrap(),
+            Listing::default()
         );
     }
 }

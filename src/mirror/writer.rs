@@ -1,7 +1,8 @@
 //! Staged writes: every byte that lands under the mirror root is first written here into a
 //! file in the staging directory, hashed as it is written, then (checked against its digest
 //! and size when asked) flushed, fsynced, set to 0644 and renamed into place, and its
-//! directory fsynced. Resumable downloads are kept as `<hex>.partial` in staging; other
+//! directory fsynced. The rename and removals are relative to the directory's descriptor,
+//! opened (and made) by `tree` without following symbolic links. Resumable downloads are kept as `<hex>.partial` in staging; other
 //! staged files are `tempfile::TempPath`s, deleted when their writer is dropped. It also
 //! removes recorded files. It never writes under the root except by that final rename, and
 //! knows nothing of the ledger or the network.
@@ -13,7 +14,10 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
-use super::{Error, Mirror, STAGED_PREFIX, create_dirs};
+use rustix::io::Errno;
+
+use super::tree::{self, Failed, Opened};
+use super::{Error, Mirror, STAGED_PREFIX};
 use crate::model::Digest;
 
 const FILE_MODE: u32 = 0o644;
@@ -137,18 +141,42 @@ impl Mirror {
         }
     }
 
-    /// Removes a file under the root (ledger-recorded files only; the caller checks).
+    /// Removes a file under the root (ledger-recorded files only; the caller checks). A symbolic
+    /// link at `rel` is removed itself; one on the way is refused ([`Error::SymlinkInPath`]),
+    /// never removed through.
     pub async fn remove(&self, rel: &str) -> Result<(), Error> {
         if self.staging.is_none() {
             return Err(Error::ReadOnly {
                 root: self.root.clone(),
             });
         }
-        let p = self.path(rel)?;
-        match tokio::fs::remove_file(&p).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Write { path: p, source }),
+        let mirror = self.clone();
+        let owned = rel.to_owned();
+        tokio::task::spawn_blocking(move || mirror.remove_blocking(&owned))
+            .await
+            .map_err(|e| Error::Write {
+                path: self.root.join(rel),
+                source: io::Error::other(e),
+            })?
+    }
+
+    fn remove_blocking(&self, rel: &str) -> Result<(), Error> {
+        let (parent, name) = self.split(rel)?;
+        let dir = match tree::open_dir(&self.root, parent, false).map_err(Failed::write)? {
+            Opened::Dir(fd) => fd,
+            Opened::Missing => return Ok(()),
+            Opened::Symlink(link) => {
+                return Err(Error::SymlinkInPath {
+                    path: self.root.join(link),
+                });
+            }
+        };
+        match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::Write {
+                path: self.root.join(rel),
+                source: e.into(),
+            }),
         }
     }
 }
@@ -169,10 +197,11 @@ impl Staged {
         }
     }
 
-    fn persist(self, dest: &Path) -> io::Result<()> {
-        match self {
-            Self::Temp(t) => t.persist(dest).map_err(|e| e.error),
-            Self::Kept(p) => std::fs::rename(p, dest),
+    /// After the staged file was renamed away: nothing is left to delete.
+    fn disarm(self) {
+        if let Self::Temp(t) = self {
+            // Only forgets the path (no I/O on Unix); the file is already gone from it.
+            drop(t.keep());
         }
     }
 }
@@ -273,8 +302,11 @@ impl BlobWriter {
     }
 
     /// Flushes, fsyncs, sets 0644 and renames into place. Returns the digest and size.
+    /// The directories on the way are opened (and made) without following a symbolic link
+    /// ([`Error::SymlinkInPath`]); a link at `rel` itself is replaced, as rename does.
     pub async fn publish(mut self, rel: &str) -> Result<(Digest, u64), Error> {
-        let dest = self.mirror.path(rel)?;
+        let (parent, name) = self.mirror.split(rel)?;
+        let dest = self.mirror.root.join(rel);
         let temp_err = |source| Error::Write {
             path: self.staged.path().to_owned(),
             source,
@@ -286,25 +318,22 @@ impl BlobWriter {
             .await
             .map_err(temp_err)?;
         drop(file);
-        let parent = dest.parent().unwrap_or(&self.mirror.root).to_owned();
-        create_dirs(&parent).map_err(|source| Error::Write {
-            path: parent.clone(),
-            source,
-        })?;
+        let dir = self.mirror.write_dir(parent)?;
         let from = self.staged.path().to_owned();
-        match self.staged.persist(&dest) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(18) => {
-                return Err(Error::CrossDevice { from, to: dest });
+        match rustix::fs::renameat(rustix::fs::CWD, &from, &dir, name) {
+            Ok(()) => self.staged.disarm(),
+            Err(Errno::XDEV) => return Err(Error::CrossDevice { from, to: dest }),
+            Err(e) => {
+                return Err(Error::Write {
+                    path: dest,
+                    source: e.into(),
+                });
             }
-            Err(source) => return Err(Error::Write { path: dest, source }),
         }
-        if let Ok(dir) = tokio::fs::File::open(&parent).await {
-            dir.sync_all().await.map_err(|source| Error::Write {
-                path: parent,
-                source,
-            })?;
-        }
+        rustix::fs::fsync(&dir).map_err(|e| Error::Write {
+            path: self.mirror.root.join(parent),
+            source: e.into(),
+        })?;
         let digest = Digest::from_hash(self.hasher.finalize().as_slice());
         Ok((digest, self.len))
     }

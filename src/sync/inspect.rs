@@ -1,7 +1,8 @@
 //! `verify`'s shell: reads the ledger and the mirror (each recorded file hashed, the manifests,
 //! the files under `blobs/` and `v3/`) and hands them to `verify::build_report`; for
 //! `--repair`, discards what the report names so the next sync restores it. It decides nothing
-//! itself and never touches a path the ledger does not record (decisions.md 10).
+//! itself and never touches a path the ledger does not record (decisions.md 10), nor anything
+//! at or behind a symbolic link below the root (`mirror` follows none).
 
 use std::collections::HashMap;
 
@@ -41,6 +42,7 @@ pub async fn inspect(
         let observed = match r? {
             Hashed::Missing => Observed::Missing,
             Hashed::NotAFile => Observed::NotAFile,
+            Hashed::Symlink { link } => Observed::Symlink { link },
             Hashed::File { digest, size } => Observed::File { size, digest },
         };
         seen.files.insert(path, observed);
@@ -49,7 +51,9 @@ pub async fn inspect(
     }
     drop(hashed);
     seen.manifests = read_manifests(mirror, &verify::manifest_paths(&specs), &seen).await?;
-    seen.on_disk = mirror.walk()?;
+    let listing = mirror.walk()?;
+    seen.on_disk = listing.files;
+    seen.symlinks = listing.symlinks;
     let report = verify::build_report(&files, &specs, &seen);
     tracing::info!(
         checked = report.checked,
@@ -57,6 +61,7 @@ pub async fn inspect(
         corrupt = report.corrupt.len(),
         extra = report.extra.len(),
         manifest_problems = report.manifest_problems.len(),
+        symlinks = report.symlinks.len(),
         "mirror verified"
     );
     Ok(report)

@@ -19,6 +19,7 @@ mod harness_selftest;
 mod oras;
 mod sources;
 mod support;
+mod symlinks;
 mod sync;
 mod tls;
 mod tracing_span;
