@@ -88,7 +88,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             full,
             no_wait,
         } => {
-            logging::init(&config.log_level, config.log_format);
+            init_logging(&config);
             runtime()?.block_on(sync_now(&config, full, no_wait))
         }
         Command::Sync { now: false, .. } => {
@@ -99,14 +99,22 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { repair, json } => {
-            logging::init(&config.log_level, config.log_format);
+            init_logging(&config);
             runtime()?.block_on(verify(&config, repair, json))
         }
         Command::Daemon => {
-            logging::init(&config.log_level, config.log_format);
+            init_logging(&config);
             runtime()?.block_on(crate::daemon::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Sets up logging, then logs what the loaded configuration warned about.
+fn init_logging(config: &Config) {
+    logging::init(&config.log_level, config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!(config = %config.path.display(), "{warning}");
     }
 }
 
@@ -117,12 +125,29 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(Error::Runtime)
 }
 
+/// The effective configuration as TOML, after a comment naming the file and one with each of
+/// the schedule's next three fires (RFC 3339, UTC), so a cron line can be checked by eye. The
+/// load's warnings go to stderr.
 fn config_check(config: &Config) -> Result<ExitCode, Error> {
+    for warning in &config.warnings {
+        tell!("warning: {warning}");
+    }
     let text = toml::to_string_pretty(&config.effective()).map_err(Error::Toml)?;
     sayln!(
         "# {} is valid; effective configuration:",
         config.path.display()
     )?;
+    let mut at = chrono::Utc::now();
+    for _ in 0..3 {
+        let Some(next) = crate::daemon::schedule::next_after(&config.schedule, at) else {
+            break;
+        };
+        sayln!(
+            "# next sync.schedule run: {}",
+            next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )?;
+        at = next;
+    }
     say!("{text}")?;
     Ok(ExitCode::SUCCESS)
 }

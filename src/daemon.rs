@@ -329,6 +329,9 @@ async fn reload_loop(
         };
         match loaded {
             Ok(new) => {
+                for warning in &new.warnings {
+                    tracing::warn!(config = %new.path.display(), "{warning}");
+                }
                 let new = keep_restart_only_keys(&old, new);
                 if new.schedule_text != old.schedule_text {
                     schedule_tx.send_replace(new.schedule.clone());

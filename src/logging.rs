@@ -1,6 +1,7 @@
-//! Logging: tracing-subscriber to stderr, text or JSON. `RUST_LOG` overrides the configured
-//! level. Colours only on a terminal. Under systemd (`JOURNAL_STREAM` set) text logs carry no ANSI colours and no
-//! timestamps, since the journal adds its own.
+//! Logging: tracing-subscriber to stderr, text or JSON. The filter is `log.level` as
+//! `config::log_directives` reads it (the same reading that validated it); a non-empty
+//! `RUST_LOG` overrides it. Colours only on a terminal. Under systemd (`JOURNAL_STREAM` set)
+//! text logs carry no ANSI colours and no timestamps, since the journal adds its own.
 
 use std::io::IsTerminal as _;
 
@@ -12,9 +13,21 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call is ignored).
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("spack_mirrord={level},warn")))
-        .unwrap_or_else(|_| EnvFilter::new("spack_mirrord=info,warn"));
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "RUST_LOG is the developer's override of log.level"
+    )]
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = rust_log
+        .and_then(|v| EnvFilter::builder().parse(v).ok())
+        .or_else(|| {
+            crate::config::log_directives(level)
+                .ok()
+                .and_then(|d| EnvFilter::builder().parse(d).ok())
+        })
+        .unwrap_or_else(|| EnvFilter::new("spack_mirrord=info,warn"));
     #[expect(
         clippy::disallowed_methods,
         reason = "logging decides its output from JOURNAL_STREAM, set by systemd"

@@ -5,13 +5,16 @@
 //! environment and Docker's credentials are looked up (`credentials::discover`), and the pure
 //! `validate` gets the result. This is the only place in the crate that reads environment
 //! variables (besides `credentials`). It must not decide what a value means: every check of a
-//! value belongs in `validate`.
+//! value belongs in `validate`; what only the filesystem can tell (is `mirror.root` a
+//! directory? who may read a password file?) is looked at here, after it.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
+use super::explain::{ENV_PREFIX, explain};
 use super::file::{FileConfig, FileSource};
 use super::validate::resolve;
 use super::{Ambient, Config, Error, Purpose, validate};
@@ -32,16 +35,9 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     }
     let file: FileConfig = Figment::from(Serialized::defaults(FileConfig::default()))
         .merge(Toml::file_exact(path))
-        .merge(
-            Env::prefixed("SPACK_MIRRORD_")
-                .ignore(&["config"])
-                .split("__"),
-        )
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
         .extract()
-        .map_err(|e| Error::Invalid {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })?;
+        .map_err(|e| explain(path, &e))?;
     #[expect(
         clippy::disallowed_methods,
         reason = "config/load.rs is the one reader of the environment; GITHUB_TOKEN is the one secret taken from it (decisions.md 17)"
@@ -55,7 +51,8 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     let mut passwords = Vec::new();
     let mut cas = Vec::new();
     let mut docker = std::collections::BTreeMap::new();
-    for entry in file.source.iter().chain(&file.sources) {
+    let mut warnings = Warnings::default();
+    for (key, entry) in keyed(&file) {
         passwords.push(match &entry.password_file {
             Some(p) => {
                 let p = resolve(path, p);
@@ -64,7 +61,9 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
                     file: p.clone(),
                     source,
                 })?;
-                Some((p, strip_one_newline(text)))
+                let text = strip_one_newline(text);
+                warnings.password_file(&key, &p, &text);
+                Some((p, text))
             }
             None => None,
         });
@@ -81,6 +80,7 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
         file,
         passwords,
         &Ambient {
+            now: chrono::Utc::now(),
             github_token,
             docker,
         },
@@ -88,7 +88,64 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     for (source, ca) in config.sources.iter_mut().zip(cas) {
         source.network.ca_pem = ca;
     }
+    check_mirror_root(&config)?;
+    config.warnings = warnings.list;
     Ok(config)
+}
+
+/// Each source entry with the key errors name it by (`source`, `sources[1]`).
+fn keyed(file: &FileConfig) -> impl Iterator<Item = (String, &FileSource)> {
+    file.source.iter().map(|e| ("source".to_owned(), e)).chain(
+        file.sources
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("sources[{i}]"), e)),
+    )
+}
+
+/// A `mirror.root` that exists must be a directory (a missing one is created by the first run).
+fn check_mirror_root(config: &Config) -> Result<(), Error> {
+    let root = &config.mirror_root;
+    match std::fs::metadata(root) {
+        Ok(meta) if !meta.is_dir() => Err(Error::Key {
+            path: config.path.clone(),
+            key: "mirror.root".to_owned(),
+            reason: format!(
+                "names {}, which is not a directory; move it away or choose another directory",
+                root.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What `load` warns about, each password file once.
+#[derive(Default)]
+struct Warnings {
+    seen: std::collections::BTreeSet<PathBuf>,
+    list: Vec<String>,
+}
+
+impl Warnings {
+    /// A password file every user may read, or one that holds nothing.
+    fn password_file(&mut self, key: &str, file: &Path, text: &str) {
+        if !self.seen.insert(file.to_owned()) {
+            return;
+        }
+        let shown = file.display();
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            self.list.push(format!(
+                "password file {shown} ({key}.password_file) can be read by every user on this machine; restrict it: chmod o-r {shown}"
+            ));
+        }
+        if text.is_empty() {
+            self.list.push(format!(
+                "password file {shown} ({key}.password_file) is empty; the registry will refuse the credentials; write the password or token into it"
+            ));
+        }
+    }
 }
 
 /// Docker's credentials for a source's registry, looked up only when nothing earlier in the

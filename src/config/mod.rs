@@ -2,9 +2,11 @@
 //! and what the program runs on (`Config`, validated and typed). `load` (in `load`) is the only
 //! I/O: it reads the file, the files it names and the environment, then the pure `validate`
 //! (in `validate`) turns the result into a `Config`. This file owns the validated types, the
-//! error and the `config check` view; it reads nothing itself. `config` depends only on
-//! `model`, `credentials`, `tls` and `oras` (name checks), never on the edges that use it.
+//! error and the `config check` view; it reads nothing itself. `explain` puts figment's errors
+//! in plain words. `config` depends only on `model`, `credentials`, `tls` and `oras` (name
+//! checks), never on the edges that use it.
 
+mod explain;
 mod file;
 mod load;
 mod placement;
@@ -22,7 +24,7 @@ use crate::model::{Credentials, Network, RepoRef, Secret};
 pub use file::{FileConfig, FileLog, FileMirror, FileSource, FileState, FileSync};
 pub use load::{load, load_for};
 pub use placement::{check_placement, overlap};
-pub use validate::validate;
+pub use validate::{log_directives, validate};
 
 /// Where the configuration comes from when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/spack-mirrord/config.toml";
@@ -37,12 +39,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid")]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: Box<figment::Error>,
-    },
+    /// The file does not fit the schema (figment's error in plain words, see `explain`).
+    #[error("config file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// A `SPACK_MIRRORD_…` variable does not fit the schema.
+    #[error("{reason} (from the environment variable {variable}); fix or unset it")]
+    InvalidEnv { variable: String, reason: String },
     #[error("config file {path}: key `{key}` {reason}")]
     Key {
         path: PathBuf,
@@ -130,13 +132,19 @@ pub struct Config {
     pub schedule: cron::Schedule,
     pub schedule_text: String,
     pub on_start: bool,
+    /// As written: a level, or a tracing filter (see `log_directives`).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Things worth telling that do not stop the program (a password file others can read),
+    /// to be logged once logging is set up (`config check` prints them on stderr).
+    pub warnings: Vec<String>,
 }
 
 /// What `load` takes from the environment besides the `SPACK_MIRRORD_` variables.
 #[derive(Debug, Clone, Default)]
 pub struct Ambient {
+    /// The time of the load: a schedule must fire after it (the default, 1970, is for tests).
+    pub now: chrono::DateTime<chrono::Utc>,
     pub github_token: Option<Secret>,
     /// Credentials from Docker's `config.json`, by registry `host[:port]` (`credentials`).
     pub docker: std::collections::BTreeMap<String, crate::credentials::Found>,

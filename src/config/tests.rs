@@ -180,6 +180,7 @@ fn docker_credentials_come_after_the_config_and_github_token() {
             ("quay.io".to_owned(), found),
         ]
         .into(),
+        ..Ambient::default()
     };
     let p = Path::new("/c.toml");
     let c = validate(p, file("oci://quay.io/a/b"), Vec::new(), &ambient).unwrap();
@@ -305,4 +306,277 @@ fn a_docker_credentials_failure_keeps_its_message_chain_and_exit_code() {
         format!("{code:?}"),
         format!("{:?}", std::process::ExitCode::from(78))
     );
+}
+
+fn with_schedule(schedule: &str) -> FileConfig {
+    let mut f = file("oci://ghcr.io/a/b");
+    f.sync.schedule = schedule.to_owned();
+    f
+}
+
+fn with_root(root: &str) -> FileConfig {
+    let mut f = file("oci://ghcr.io/a/b");
+    f.mirror.root = PathBuf::from(root);
+    f
+}
+
+#[test]
+fn a_port_outside_1_to_65535_names_source_url() {
+    for url in ["oci://ghcr.io:99999/a/b", "oci+http://127.0.0.1:0/c"] {
+        let err = err_of(file(url));
+        assert!(
+            err.contains("source.url") && err.contains("port"),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_schedule_that_never_fires_is_refused() {
+    let err = err_of(with_schedule("0 0 0 30 2 *"));
+    assert!(
+        err.contains("sync.schedule") && err.contains("never fires"),
+        "{err}"
+    );
+    let ambient = Ambient {
+        now: "2030-01-01T00:00:00Z".parse().unwrap(),
+        ..Ambient::default()
+    };
+    let past = validate(
+        Path::new("/c.toml"),
+        with_schedule("0 0 0 1 1 * 2029"),
+        Vec::new(),
+        &ambient,
+    );
+    assert!(past.unwrap_err().to_string().contains("never fires"));
+    assert!(check(with_schedule("0 0 0 29 2 *")).is_ok());
+}
+
+#[test]
+fn a_mirror_root_at_a_system_directory_is_refused() {
+    for root in [
+        "/",
+        "//",
+        "/etc",
+        "/etc/",
+        "/etc/../etc",
+        "/usr/",
+        "/./usr",
+        "/proc",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/libx32",
+        "/boot",
+        "/dev",
+        "/sys",
+        "/srv/..",
+        "/usr/local/../../etc",
+    ] {
+        let err = err_of(with_root(root));
+        assert!(
+            err.contains("mirror.root") && err.contains("system directory"),
+            "{root}: {err}"
+        );
+    }
+    for root in [
+        "/usr/local/mirror",
+        "/srv/mirror",
+        "/var/lib/spack-mirrord/mirror",
+    ] {
+        assert!(check(with_root(root)).is_ok(), "{root}");
+    }
+}
+
+#[test]
+fn timeouts_below_a_second_are_refused_in_every_source() {
+    for (field, text) in [("stall_timeout", "500ms"), ("request_timeout", "999ms")] {
+        let mut f = file("oci://ghcr.io/a/b");
+        let set = |e: &mut FileSource| match field {
+            "stall_timeout" => e.stall_timeout = text.to_owned(),
+            _ => e.request_timeout = text.to_owned(),
+        };
+        set(src(&mut f));
+        let err = err_of(f);
+        assert!(
+            err.contains(&format!("source.{field}")) && err.contains("at least"),
+            "{err}"
+        );
+        let mut many = FileConfig {
+            sources: vec![entry("oci://ghcr.io/a/b"), entry("oci://ghcr.io/c/d")],
+            ..FileConfig::default()
+        };
+        set(&mut many.sources[1]);
+        let err = err_of(many);
+        assert!(err.contains(&format!("sources[1].{field}")), "{err}");
+    }
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).stall_timeout = "1s".to_owned();
+    src(&mut f).request_timeout = "1s".to_owned();
+    assert!(check(f).is_ok());
+}
+
+#[test]
+fn a_log_level_is_a_level_or_a_filter_applied_as_written() {
+    assert_eq!(log_directives("debug").unwrap(), "spack_mirrord=debug,warn");
+    assert_eq!(log_directives("WARN").unwrap(), "spack_mirrord=warn,warn");
+    for filter in [
+        "spack_mirrord=debug",
+        "spack_mirrord=debug,warn",
+        "info,spack_mirrord::registry=trace",
+    ] {
+        assert_eq!(log_directives(filter).unwrap(), filter);
+        let mut f = file("oci://ghcr.io/a/b");
+        f.log.level = filter.to_owned();
+        assert_eq!(check(f).unwrap().log_level, filter);
+    }
+    for bad in ["loud", "", "warn,loud", "spack_mirrord=loud"] {
+        let mut f = file("oci://ghcr.io/a/b");
+        f.log.level = bad.to_owned();
+        let err = err_of(f);
+        assert!(err.contains("log.level"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn a_password_in_a_url_is_refused_and_never_shown() {
+    let err = err_of(file("oci://bob:hunter2@ghcr.io/a/b"));
+    assert!(err.contains("source.url"), "{err}");
+    assert!(err.contains("username and password_file"), "{err}");
+    assert!(err.contains("oci://***@ghcr.io/a/b"), "{err}");
+    assert!(!err.contains("hunter2") && !err.contains("bob"), "{err}");
+    let mut f = file("oci://ghcr.io/a/b");
+    src(&mut f).layout = "oras-files".to_owned();
+    src(&mut f).repositories_url = Some("https://bob:hunter2@lists.example/r".to_owned());
+    let err = err_of(f);
+    assert!(err.contains("source.repositories_url"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// A config file in a temporary directory, `[source]` already written.
+fn config_file(dir: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!("[source]\nurl = \"oci+http://127.0.0.1:9/c\"\n{rest}"),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_mirror_root_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m"), b"not a directory").unwrap();
+    let config = config_file(dir.path(), "[mirror]\nroot = \"m\"\n");
+    let err = load(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("mirror.root") && err.contains("not a directory"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("m")).unwrap();
+    assert!(load(&config).is_ok());
+    std::fs::create_dir(dir.path().join("m")).unwrap();
+    assert!(load(&config).is_ok());
+}
+
+#[test]
+fn a_password_file_every_user_can_read_or_an_empty_one_is_warned_about_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let mode = |m| std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(m)).unwrap();
+    let config = dir.path().join("config.toml");
+    let one = "username = \"u\"\npassword_file = \"pw\"\n";
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nurl = \"oci+http://127.0.0.1:9/a\"\n{one}\
+             [[sources]]\nurl = \"oci+http://127.0.0.1:9/b\"\n{one}"
+        ),
+    )
+    .unwrap();
+    mode(0o644);
+    let warnings = load(&config).unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&pw.display().to_string())
+            && warnings[0].contains("sources[0].password_file")
+            && warnings[0].contains("chmod o-r"),
+        "{warnings:?}"
+    );
+    assert!(!warnings[0].contains("s3cret"));
+    mode(0o640);
+    assert_eq!(load(&config).unwrap().warnings, Vec::<String>::new());
+    std::fs::write(&pw, "\n").unwrap();
+    let warnings = load(&config).unwrap().warnings;
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("is empty"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn schema_errors_name_the_key_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rest, key, words) in [
+        (
+            "[sync]\nconcurrency = \"x\"\n",
+            "sync.concurrency",
+            "must be a whole number, found the string \"x\"",
+        ),
+        (
+            "colour = \"blue\"\n",
+            "source.colour",
+            "is not a known key; known keys here: name, url,",
+        ),
+        (
+            "[sync]\nconcurrency = 2\n[[log]]\nlevel = \"info\"\n",
+            "log",
+            "must be a table, found a list",
+        ),
+        (
+            "[log]\nlevel = [1]\n",
+            "log.level",
+            "must be a string, found a list",
+        ),
+        (
+            "[sync]\non_start = \"yes\"\n",
+            "sync.on_start",
+            "must be true or false",
+        ),
+        ("[mirror]\nroot = 1\n", "mirror.root", "must be a string"),
+    ] {
+        let config = config_file(dir.path(), rest);
+        let err = load(&config).unwrap_err().to_string();
+        assert!(err.contains(&format!("{key} {words}")), "{rest}: {err}");
+        assert!(err.contains(&config.display().to_string()), "{err}");
+        for internal in ["default.", "``", "i64", "struct", "FileSource", "expected"] {
+            assert!(!err.contains(internal), "{rest}: {err}");
+        }
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "mirror = 1\n[source]\nurl = \"oci://ghcr.io/a/b\"\n",
+    )
+    .unwrap();
+    let err = load(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("mirror must be a table, found the number 1"),
+        "{err}"
+    );
+    std::fs::write(
+        &config,
+        "[[sources]]\nurl = \"oci://ghcr.io/a/b\"\nmax_attempts = \"many\"\n",
+    )
+    .unwrap();
+    let err = load(&config).unwrap_err().to_string();
+    assert!(err.contains("sources[0].max_attempts must be"), "{err}");
+    let config = config_file(dir.path(), "[sync\n");
+    let err = load(&config).unwrap_err().to_string();
+    assert!(err.contains("line 3"), "{err}");
 }

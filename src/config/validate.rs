@@ -2,7 +2,7 @@
 //! `Ambient` environment) becomes what runs (`Config`), each failure naming its key. Pure: no
 //! file, environment or network access here; `load` reads everything first and passes it in.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -96,6 +96,16 @@ pub fn validate(
             ),
         )
     })?;
+    if schedule.after(&ambient.now).next().is_none() {
+        return Err(key_err(
+            "sync.schedule",
+            format!(
+                "{:?} never fires (no date after {} matches it); fix the day and month, e.g. \"0 0 */2 * * *\"",
+                file.sync.schedule,
+                ambient.now.format("%Y-%m-%d")
+            ),
+        ));
+    }
     let duration = |key: &str, text: &str, zero_ok: bool| parse_duration(path, key, text, zero_ok);
     let run_timeout = duration("sync.run_timeout", &file.sync.run_timeout, false)?;
     let log_format = match file.log.format.as_str() {
@@ -108,21 +118,27 @@ pub fn validate(
             ));
         }
     };
-    if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
-        return Err(key_err(
-            "log.level",
-            format!(
-                "{:?} is not a level or filter (error, warn, info, debug, trace)",
-                file.log.level
-            ),
-        ));
+    if let Err(reason) = log_directives(&file.log.level) {
+        return Err(key_err("log.level", reason));
     }
     let mirror_root = resolve(path, &file.mirror.root);
     let state_dir = resolve(path, &file.state.dir);
-    if mirror_root == state_dir
-        || mirror_root.starts_with(&state_dir)
-        || state_dir.starts_with(&mirror_root)
-    {
+    let (root_plain, state_plain) = (lexical(&mirror_root), lexical(&state_dir));
+    if is_system_dir(&root_plain) {
+        return Err(key_err(
+            "mirror.root",
+            format!(
+                "{}{} is a system directory; give the mirror a directory of its own, e.g. /var/lib/spack-mirrord/mirror",
+                mirror_root.display(),
+                if root_plain == mirror_root {
+                    String::new()
+                } else {
+                    format!(" (that is {})", root_plain.display())
+                }
+            ),
+        ));
+    }
+    if root_plain.starts_with(&state_plain) || state_plain.starts_with(&root_plain) {
         return Err(key_err(
             "state.dir",
             format!(
@@ -144,7 +160,100 @@ pub fn validate(
         on_start: file.sync.on_start,
         log_level: file.log.level,
         log_format,
+        warnings: Vec::new(),
     })
+}
+
+/// The levels `log.level` may be on its own.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The tracing filter `log.level` stands for, exactly as `logging` applies it: a level alone
+/// is this program's level with other crates at `warn` (`spack_mirrord=debug,warn`); anything
+/// else is a filter, taken as written. Each directive of a filter must name a level
+/// (`spack_mirrord=debug`), so a misspelt level (`"loud"`) is refused instead of being read as
+/// a crate name. `Err` carries the reason, for `log.level`.
+pub fn log_directives(level: &str) -> Result<String, String> {
+    let text = level.trim();
+    let lower = text.to_ascii_lowercase();
+    if LEVELS.contains(&lower.as_str()) {
+        return Ok(format!("spack_mirrord={lower},warn"));
+    }
+    let levels = "error, warn, info, debug, trace or off";
+    if text.is_empty() {
+        return Err(format!(
+            "is empty; write a level ({levels}) or a filter like \"spack_mirrord=debug,warn\""
+        ));
+    }
+    for directive in text.split(',').map(str::trim) {
+        let names_a_level = directive.contains('=')
+            || directive.contains('[')
+            || directive.is_empty()
+            || LEVELS.contains(&directive.to_ascii_lowercase().as_str());
+        if !names_a_level {
+            return Err(format!(
+                "{text:?} is neither a level ({levels}) nor a filter: {directive:?} names no level; write e.g. \"{directive}=debug\" or a level"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| {
+            format!(
+                "{text:?} is neither a level ({levels}) nor a tracing filter ({e}); e.g. \"spack_mirrord=debug,warn\""
+            )
+        })
+}
+
+/// `p` with `.` dropped, `..` taken lexically and trailing slashes gone: `/etc/../usr/` is
+/// `/usr`. Symlinks are not followed (this reads nothing).
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last_is_parent =
+                    matches!(out.components().next_back(), Some(Component::ParentDir));
+                if last_is_parent || (!out.pop() && !out.has_root()) {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `/` and the system's own top-level directories, which a mirror must never be written into.
+/// Only these exact directories: a directory below them (`/usr/local/mirror`) is the admin's
+/// choice.
+fn is_system_dir(plain: &Path) -> bool {
+    let mut parts = plain.components();
+    if parts.next() != Some(Component::RootDir) {
+        return false;
+    }
+    match (parts.next(), parts.next()) {
+        (None, _) => true,
+        (Some(Component::Normal(name)), None) => name.to_str().is_some_and(|n| {
+            ["etc", "proc", "usr", "bin", "sbin", "boot", "dev", "sys"].contains(&n)
+                || n.starts_with("lib")
+        }),
+        _ => false,
+    }
+}
+
+/// A timeout of a request: a duration of at least a second (less cannot reach any registry).
+fn parse_timeout(path: &Path, key: &str, text: &str) -> Result<Duration, Error> {
+    let d = parse_duration(path, key, text, false)?;
+    if d < Duration::from_secs(1) {
+        return Err(Error::Key {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason: format!("is {text:?}; it must be at least \"1s\""),
+        });
+    }
+    Ok(d)
 }
 
 fn parse_duration(path: &Path, key: &str, text: &str, zero_ok: bool) -> Result<Duration, Error> {
@@ -252,8 +361,7 @@ fn validate_source(
         ));
     }
     let credentials = credentials(path, key, &repo, entry.username, password, ambient)?;
-    let duration =
-        |field: &str, text: &str| parse_duration(path, &format!("{key}.{field}"), text, false);
+    let timeout = |field: &str, text: &str| parse_timeout(path, &format!("{key}.{field}"), text);
     let network = Network {
         max_attempts: u32::try_from(entry.max_attempts)
             .ok()
@@ -264,8 +372,8 @@ fn validate_source(
                     format!("is {}; it must be between 1 and 100", entry.max_attempts),
                 )
             })?,
-        request_timeout: duration("request_timeout", &entry.request_timeout)?,
-        stall_timeout: duration("stall_timeout", &entry.stall_timeout)?,
+        request_timeout: timeout("request_timeout", &entry.request_timeout)?,
+        stall_timeout: timeout("stall_timeout", &entry.stall_timeout)?,
         max_requests_per_second: match entry.max_requests_per_second {
             0.0 => None,
             r if r.is_finite() && r > 0.0 => Some(r),
@@ -332,13 +440,22 @@ fn validate_oras(
             tag,
         });
     }
-    if let Some(url) = &repositories_url
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        return Err(key_err(
-            "repositories_url",
-            format!("{url:?} is not an http:// or https:// URL"),
-        ));
+    if let Some(url) = &repositories_url {
+        let shown = RepoRef::redact(url);
+        if shown != *url {
+            return Err(key_err(
+                "repositories_url",
+                format!(
+                    "{shown:?} holds a user name or password, which would be shown in logs; serve the list without them or use repositories_file"
+                ),
+            ));
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(key_err(
+                "repositories_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
     }
     if let Err(e) = tag.parse::<crate::model::Tag>() {
         return Err(key_err("tag", e.to_string()));

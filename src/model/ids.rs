@@ -192,6 +192,23 @@ impl RepoRef {
             .map_or(self.registry.as_str(), |(h, _)| h)
     }
 
+    /// `url` with any user name and password (what comes before the `@` that ends a URL's
+    /// userinfo) replaced by `***`, for messages: `oci://***@host/name`. An `@` that starts a
+    /// digest (`name@sha256:…`) is kept. Nothing else is changed.
+    pub fn redact(url: &str) -> String {
+        let (scheme, rest) = url
+            .find("://")
+            .map_or(("", url), |i| url.split_at(i + "://".len()));
+        let userinfo_end = rest
+            .match_indices('@')
+            .map(|(i, _)| i)
+            .rfind(|&i| !starts_with_digest(&rest[i + 1..]));
+        match userinfo_end {
+            Some(at) => format!("{scheme}***{}", &rest[at..]),
+            None => url.to_owned(),
+        }
+    }
+
     /// Whether the registry is on this machine (plain HTTP is then expected).
     pub fn is_loopback(&self) -> bool {
         let h = self.host();
@@ -215,9 +232,14 @@ impl FromStr for RepoRef {
     type Err = Error;
     fn from_str(url: &str) -> Result<Self, Error> {
         let bad = |reason| Error::Source {
-            url: truncate(url),
+            url: truncate(&Self::redact(url)),
             reason,
         };
+        if Self::redact(url) != url {
+            return Err(bad(
+                "it holds a user name or password; remove them from the url and set username and password_file instead",
+            ));
+        }
         let (scheme, rest) = if let Some(r) = url.strip_prefix("oci://") {
             (Scheme::Https, r)
         } else if let Some(r) = url.strip_prefix("oci+http://") {
@@ -237,6 +259,9 @@ impl FromStr for RepoRef {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
         {
             return Err(bad("the host has characters a host name cannot have"));
+        }
+        if !port_ok(registry) {
+            return Err(bad("the port is not a number from 1 to 65535"));
         }
         if repository.contains(':') || repository.contains('@') {
             return Err(bad("it names a tag or digest; name the repository only"));
@@ -263,6 +288,39 @@ impl FromStr for RepoRef {
             repository: repository.to_owned(),
         })
     }
+}
+
+/// Whether a `host[:port]` (or `[v6][:port]`) has no port or one from 1 to 65535.
+fn port_ok(registry: &str) -> bool {
+    let port = if let Some(v6) = registry.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((_, "")) => return true,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(p) => p,
+                None => return false,
+            },
+            None => return false,
+        }
+    } else {
+        match registry.rsplit_once(':') {
+            Some((_, p)) => p,
+            None => return true,
+        }
+    };
+    !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// Whether `s` begins with a digest (`algorithm:hex`, at least 32 hex digits).
+fn starts_with_digest(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(algorithm, rest)| {
+        !algorithm.is_empty()
+            && algorithm
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+            && rest.bytes().take_while(u8::is_ascii_hexdigit).count() >= 32
+    })
 }
 
 fn truncate(s: &str) -> String {
@@ -333,5 +391,69 @@ mod tests {
         ] {
             assert!(bad.parse::<RepoRef>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_port_must_be_a_number_from_1_to_65535() {
+        for good in [
+            "oci+http://127.0.0.1:5000/c",
+            "oci://h:65535/c",
+            "oci://h:1/c",
+            "oci://[::1]:5000/c",
+            "oci://[::1]/c",
+        ] {
+            assert!(good.parse::<RepoRef>().is_ok(), "{good}");
+        }
+        for bad in [
+            "oci://h:65536/c",
+            "oci://h:99999/c",
+            "oci://h:0/c",
+            "oci://h:/c",
+            "oci://h:http/c",
+            "oci://h:80x/c",
+            "oci://[::1]:0/c",
+            "oci://[::1]x/c",
+        ] {
+            let err = bad.parse::<RepoRef>().unwrap_err().to_string();
+            assert!(err.contains("port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_url_with_a_user_or_password_is_refused_without_showing_them() {
+        for url in [
+            "oci://user:s3cret@ghcr.io/a/b",
+            "oci://s3cret@ghcr.io/a/b",
+            "oci+http://user:s3cret@127.0.0.1:5000/a",
+            "oci://user:s3/cr@et@ghcr.io/a/b",
+            "user:s3cret@ghcr.io/a/b",
+        ] {
+            let err = url.parse::<RepoRef>().unwrap_err().to_string();
+            assert!(!err.contains("s3"), "{url}: {err}");
+            assert!(err.contains("***@"), "{url}: {err}");
+        }
+        let err = "oci://user:s3cret@ghcr.io/a/b"
+            .parse::<RepoRef>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"oci://***@ghcr.io/a/b\""), "{err}");
+        assert!(err.contains("username and password_file"), "{err}");
+    }
+
+    #[test]
+    fn redaction_keeps_digests_and_plain_urls() {
+        let digest = format!("oci://ghcr.io/a@sha256:{}", "a".repeat(64));
+        assert_eq!(RepoRef::redact(&digest), digest);
+        assert_eq!(RepoRef::redact("oci://ghcr.io/a/b"), "oci://ghcr.io/a/b");
+        assert_eq!(
+            RepoRef::redact(&format!("oci://u:p@ghcr.io/a@sha256:{}", "a".repeat(64))),
+            format!("oci://***@ghcr.io/a@sha256:{}", "a".repeat(64))
+        );
+        assert_eq!(
+            RepoRef::redact("https://u:p@lists.example/r.txt"),
+            "https://***@lists.example/r.txt"
+        );
+        let err = digest.parse::<RepoRef>().unwrap_err().to_string();
+        assert!(err.contains("tag or digest"), "{err}");
     }
 }

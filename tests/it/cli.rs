@@ -147,3 +147,180 @@ fn json_logs_are_one_json_object_per_line() {
         "{stderr}"
     );
 }
+
+/// `env`'s config with `line` added to its `[source]` table.
+fn with_source_key(env: &Env, line: &str) {
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("[mirror]", &format!("{line}\n[mirror]"));
+    std::fs::write(env.config_path(), text).unwrap();
+}
+
+#[test]
+fn configs_that_pass_a_glance_but_cannot_work_exit_78_naming_the_key() {
+    let bad_port = Env::new("oci://127.0.0.1:99999/x");
+    let never = Env::new("oci+http://127.0.0.1:9/x");
+    never.write_config("schedule = \"0 0 0 30 2 *\"\n");
+    let stall = Env::new("oci+http://127.0.0.1:9/x");
+    with_source_key(&stall, "stall_timeout = \"500ms\"");
+    let request = Env::new("oci+http://127.0.0.1:9/x");
+    with_source_key(&request, "request_timeout = \"0.5s\"");
+    let loud = Env::new("oci+http://127.0.0.1:9/x");
+    loud.write_config("[log]\nlevel = \"loud\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"not a directory").unwrap();
+    let (root, state) = (dir.path().join("file"), dir.path().join("state"));
+    let file_root = Env::with_dirs(dir, "oci+http://127.0.0.1:9/x", root, state);
+    let system = Env::with_dirs(
+        tempfile::tempdir().unwrap(),
+        "oci+http://127.0.0.1:9/x",
+        "/etc/../usr/".into(),
+        "/var/lib/spack-mirrord-test-state".into(),
+    );
+    for (env, key) in [
+        (&bad_port, "source.url"),
+        (&never, "sync.schedule"),
+        (&stall, "source.stall_timeout"),
+        (&request, "source.request_timeout"),
+        (&loud, "log.level"),
+        (&file_root, "mirror.root"),
+        (&system, "mirror.root"),
+    ] {
+        let out = env.run(&["config", "check"]);
+        assert_eq!(out.status.code(), Some(78), "{key}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+}
+
+#[test]
+fn config_check_shows_the_next_three_runs_as_toml_comments() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    env.write_config("schedule = \"0 30 4 * * *\"\n");
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let runs: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.strip_prefix("# next sync.schedule run: "))
+        .collect();
+    assert_eq!(runs.len(), 3, "{shown}");
+    for run in &runs {
+        assert!(run.ends_with("T04:30:00Z") && run.len() == 20, "{shown}");
+    }
+    assert!(runs[0] < runs[1] && runs[1] < runs[2], "{shown}");
+    let parsed: toml::Table = toml::from_str(&shown).unwrap();
+    assert_eq!(parsed["sync"]["schedule"].as_str(), Some("0 30 4 * * *"));
+}
+
+#[test]
+fn an_environment_override_of_the_wrong_type_names_the_variable_in_plain_words() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    let out = run_binary(
+        &[
+            "--config",
+            env.config_path().to_str().unwrap(),
+            "config",
+            "check",
+        ],
+        &[("SPACK_MIRRORD_SYNC__CONCURRENCY", "x")],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sync.concurrency must be a whole number, found the string \"x\"")
+            && stderr.contains("SPACK_MIRRORD_SYNC__CONCURRENCY"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("config.toml"), "{stderr}");
+    for internal in ["default.", "i64", "``"] {
+        assert!(!stderr.contains(internal), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_key_is_named_as_written_with_the_known_ones() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    with_source_key(&env, "colour = \"blue\"");
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("source.colour is not a known key") && stderr.contains("stall_timeout"),
+        "{stderr}"
+    );
+    for internal in ["default.", "`", "caused by"] {
+        assert!(!stderr.contains(internal), "{stderr}");
+    }
+}
+
+#[test]
+fn a_password_in_the_source_url_is_refused_and_never_printed() {
+    let env = Env::new("oci://bob:hunter2@ghcr.io/a/b");
+    for args in [&["config", "check"][..], &["sync", "--now"], &["status"]] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+        let all = text(&out);
+        assert!(!all.contains("hunter2"), "{all}");
+        assert!(
+            all.contains("source.url") && all.contains("password_file"),
+            "{all}"
+        );
+        assert!(all.contains("oci://***@ghcr.io/a/b"), "{all}");
+    }
+}
+
+#[test]
+fn a_password_file_every_user_can_read_is_warned_about_after_logging_starts() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    let pw = env.dir.path().join("pw");
+    std::fs::write(&pw, "hunter2-secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    with_source_key(&env, "username = \"bob\"\npassword_file = \"pw\"");
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("chmod o-r").count(), 1, "{stderr}");
+    assert!(stderr.contains(&pw.display().to_string()), "{stderr}");
+    let out = env.sync();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("can be read by every user"),
+        "{stderr}"
+    );
+    assert!(!text(&out).contains("hunter2"));
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.run(&["config", "check"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("chmod"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_log_filter_in_the_config_is_applied_as_validated() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    env.write_config("[log]\nlevel = \"spack_mirrord=debug\"\n");
+    // An empty RUST_LOG is no override.
+    let sync = |env: &Env| {
+        run_binary(
+            &[
+                "--config",
+                env.config_path().to_str().unwrap(),
+                "sync",
+                "--now",
+            ],
+            &[("RUST_LOG", "")],
+        )
+    };
+    let out = sync(&env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("staging directory chosen"), "{stderr}");
+    env.write_config("[log]\nlevel = \"spack_mirrord=warn\"\n");
+    let out = sync(&env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("sync started"), "{stderr}");
+    assert!(stderr.contains("sync finished"), "{stderr}");
+}
