@@ -239,7 +239,7 @@ fn a_state_dir_inside_the_root_by_dotdot_or_by_link_is_refused_by_config_check_a
                 text(&out)
             );
             assert!(
-                stderr.contains("state.dir") && stderr.contains("once links"),
+                stderr.contains("state.dir") && stderr.contains("inside mirror.root"),
                 "{stderr}"
             );
         }
