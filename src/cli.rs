@@ -81,6 +81,20 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script on stdout.
+    ///
+    /// Needs no configuration file. For example:
+    /// `spack-mirrord completions bash > /etc/bash_completion.d/spack-mirrord`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Generated from this command line's definitions; needs no configuration file. For
+    /// example: `spack-mirrord man > /usr/local/share/man/man1/spack-mirrord.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::CommandFactory as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ConfigCommand};
@@ -72,6 +73,9 @@ macro_rules! tell {
 )]
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let purpose = match &cli.command {
+        // Generated from the command line alone: no configuration file needed.
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man(),
         Command::Status { .. } | Command::Verify { repair: false, .. } => {
             config::Purpose::LocalOnly
         }
@@ -107,7 +111,30 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             runtime()?.block_on(crate::daemon::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
+}
+
+/// `completions SHELL`: the shell's completion script, generated from the clap definitions.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Error> {
+    let mut cmd = Cli::command();
+    let name = cmd.get_name().to_owned();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    say!("{}", String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `man`: the roff man page, generated from the clap definitions.
+fn man() -> Result<ExitCode, Error> {
+    let mut page = Vec::new();
+    // Rendering into memory; an error here is a write error all the same.
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(Error::Stdout)?;
+    say!("{}", String::from_utf8_lossy(&page))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
