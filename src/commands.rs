@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     config::check_placement(&config)?;
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&config),
-        Command::Status { json } => status(&config, json),
+        Command::Status { json, runs } => status(&config, json, runs),
         Command::Sync {
             now: true,
             full,
@@ -154,8 +154,8 @@ fn config_check(config: &Config) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(config: &Config, json: bool) -> Result<ExitCode, Error> {
-    let report = StatusReport::read(&config.state_dir, config.mirror_root.clone())?;
+fn status(config: &Config, json: bool, runs: Option<u32>) -> Result<ExitCode, Error> {
+    let report = StatusReport::read(&config.state_dir, config.mirror_root.clone(), runs)?;
     if json {
         print_json(&report)?;
     } else {

@@ -312,3 +312,64 @@ fn the_readme_command_block_and_the_clap_definition_agree() {
         }
     }
 }
+
+#[test]
+fn status_runs_lists_the_last_runs_newest_first_and_refuses_zero() {
+    let reg = crate::support::registry::TestRegistry::shared();
+    let url = reg.url("cli/status-runs");
+    crate::support::mirrord::push_generated(&url, 3, 10_000, 151);
+    let env = Env::new(&url);
+    let before = env.run(&["status", "--runs", "2", "--json"]);
+    assert_eq!(before.status.code(), Some(0), "{}", text(&before));
+    let v: Value = serde_json::from_slice(&before.stdout).unwrap();
+    assert_eq!(v["runs"], serde_json::json!([]), "{v}");
+    assert!(
+        env.status_json().get("runs").is_none(),
+        "no runs array unless --runs is given"
+    );
+
+    for _ in 0..2 {
+        let out = env.sync();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = env.run(&["status", "--runs", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    let (newest, older) = (&runs[0], &runs[1]);
+    assert_eq!(newest["id"], v["last_run"]["id"], "{v}");
+    assert!(newest["id"].as_i64() > older["id"].as_i64(), "{v}");
+    for run in runs {
+        assert_eq!(run["outcome"], "success", "{v}");
+        assert_eq!(run["trigger"], "manual", "{v}");
+        assert_eq!(run["error"], Value::Null, "{v}");
+        assert_eq!(run["specs_total"], 3, "{v}");
+        for t in ["started_at", "finished_at"] {
+            let t = run[t].as_str().unwrap();
+            assert!(t.ends_with('Z') && t.contains('T'), "{t}");
+        }
+    }
+    assert_eq!(older["specs_fetched"], 3, "{v}");
+    assert_eq!(older["blobs_fetched"], 3, "{v}");
+    assert_eq!(newest["specs_fetched"], 0, "{v}");
+    assert_eq!(newest["blobs_fetched"], 0, "{v}");
+    assert!(v["last_run"]["problems"].is_array(), "the rest stays: {v}");
+
+    let one = env.run(&["status", "--runs", "1", "--json"]);
+    let one: Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one["runs"].as_array().unwrap().len(), 1);
+
+    let shown = env.run(&["status", "--runs", "5"]);
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].contains("success (manual)"), "{shown}");
+
+    let zero = env.run(&["status", "--runs", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero));
+}
