@@ -55,11 +55,15 @@ pub enum Command {
     },
     /// Show the last run and the mirror's totals, read from the ledger.
     ///
-    /// Works while a sync runs and before the first one; never waits for a lock.
+    /// Works while a sync runs and before the first one; never waits for a lock. With
+    /// --runs N, also lists the last N runs: outcome, trigger, start and finish, counts, error.
     Status {
         /// Print JSON (schema in README.md) instead of text.
         #[arg(long)]
         json: bool,
+        /// Also list the last N runs, newest first (N ≥ 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: Option<u32>,
     },
     /// Re-hash every mirrored file and check it against the ledger and the manifests.
     ///
@@ -81,6 +85,20 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script on stdout.
+    ///
+    /// Needs no configuration file. For example:
+    /// `spack-mirrord completions bash > /etc/bash_completion.d/spack-mirrord`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Generated from this command line's definitions; needs no configuration file. For
+    /// example: `spack-mirrord man > /usr/local/share/man/man1/spack-mirrord.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,5 +126,20 @@ mod tests {
             assert!(err.to_string().contains("--now"), "{flag}: {err}");
             assert!(super::Cli::try_parse_from(["spack-mirrord", "sync", "--now", flag]).is_ok());
         }
+    }
+
+    #[test]
+    fn status_runs_takes_a_count_of_at_least_one() {
+        use clap::Parser as _;
+        for bad in ["0", "-1", "x"] {
+            let err =
+                super::Cli::try_parse_from(["spack-mirrord", "status", "--runs", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+        let cli = super::Cli::try_parse_from(["spack-mirrord", "status", "--runs", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            super::Command::Status { runs: Some(3), .. }
+        ));
     }
 }

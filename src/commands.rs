@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::CommandFactory as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ConfigCommand};
@@ -72,6 +73,9 @@ macro_rules! tell {
 )]
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let purpose = match &cli.command {
+        // Generated from the command line alone: no configuration file needed.
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man(),
         Command::Status { .. } | Command::Verify { repair: false, .. } => {
             config::Purpose::LocalOnly
         }
@@ -82,7 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     config::check_placement(&config)?;
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&config),
-        Command::Status { json } => status(&config, json),
+        Command::Status { json, runs } => status(&config, json, runs),
         Command::Sync {
             now: true,
             full,
@@ -107,6 +111,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             runtime()?.block_on(crate::daemon::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
 }
 
@@ -116,6 +122,27 @@ fn init_logging(config: &Config) {
     for warning in &config.warnings {
         tracing::warn!(config = %config.path.display(), "{warning}");
     }
+}
+
+/// `completions SHELL`: the shell's completion script, generated from the clap definitions.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Error> {
+    let mut cmd = Cli::command();
+    let name = cmd.get_name().to_owned();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    say!("{}", String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `man`: the roff man page, generated from the clap definitions.
+fn man() -> Result<ExitCode, Error> {
+    let mut page = Vec::new();
+    // Rendering into memory; an error here is a write error all the same.
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(Error::Stdout)?;
+    say!("{}", String::from_utf8_lossy(&page))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -152,8 +179,8 @@ fn config_check(config: &Config) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(config: &Config, json: bool) -> Result<ExitCode, Error> {
-    let report = StatusReport::read(&config.state_dir, config.mirror_root.clone())?;
+fn status(config: &Config, json: bool, runs: Option<u32>) -> Result<ExitCode, Error> {
+    let report = StatusReport::read(&config.state_dir, config.mirror_root.clone(), runs)?;
     if json {
         print_json(&report)?;
     } else {

@@ -1,5 +1,6 @@
 //! What `status` reports, read from the ledger alone: the last run (the current one while a
-//! sync is going) and the mirror's totals. Never takes the run lock, never writes.
+//! sync is going), the mirror's totals and, with `--runs N`, the last N runs. Never takes the
+//! run lock, never writes.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,12 +9,56 @@ use serde::Serialize;
 
 use crate::lock;
 use crate::model::{ByteSize, Outcome, ProblemKind, Timestamp, Trigger};
-use crate::store::Store;
+use crate::store::{RunRow, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub last_run: Option<LastRun>,
     pub mirror: MirrorTotals,
+    /// The last runs, newest first; only when asked for (`status --runs N`), so the report
+    /// without it keeps its schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunItem>>,
+}
+
+/// One run of the history (`status --runs N`): outcome, trigger, times, counts and error.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunItem {
+    pub id: i64,
+    pub outcome: Outcome,
+    pub trigger: Trigger,
+    pub pid: i64,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub specs_total: u64,
+    pub specs_fetched: u64,
+    pub specs_failed: u64,
+    pub specs_skipped: u64,
+    pub tags_ignored: u64,
+    pub blobs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub error: Option<String>,
+}
+
+impl From<RunRow> for RunItem {
+    fn from(r: RunRow) -> Self {
+        Self {
+            id: r.id,
+            outcome: r.outcome,
+            trigger: r.trigger,
+            pid: r.pid,
+            started_at: Timestamp(r.started_at),
+            finished_at: r.finished_at.map(Timestamp),
+            specs_total: r.counts.specs_total,
+            specs_fetched: r.counts.specs_fetched,
+            specs_failed: r.counts.specs_failed,
+            specs_skipped: r.counts.specs_skipped,
+            tags_ignored: r.counts.tags_ignored,
+            blobs_fetched: r.counts.blobs_fetched,
+            bytes_fetched: r.counts.bytes_fetched,
+            error: r.error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,8 +113,13 @@ pub struct ProblemItem {
 }
 
 impl StatusReport {
-    /// Reads the ledger in `state_dir`; a missing ledger means no run yet.
-    pub fn read(state_dir: &std::path::Path, root: PathBuf) -> Result<Self, crate::error::Error> {
+    /// Reads the ledger in `state_dir`; a missing ledger means no run yet. With `runs`, the
+    /// report also lists that many of the last runs, newest first.
+    pub fn read(
+        state_dir: &std::path::Path,
+        root: PathBuf,
+        runs: Option<u32>,
+    ) -> Result<Self, crate::error::Error> {
         let Some(store) = Store::open_read_only(state_dir)? else {
             return Ok(Self {
                 last_run: None,
@@ -78,7 +128,18 @@ impl StatusReport {
                     specs: 0,
                     bytes: 0,
                 },
+                runs: runs.map(|_| Vec::new()),
             });
+        };
+        let history = match runs {
+            Some(n) => Some(
+                store
+                    .last_runs(n, lock::process_alive)?
+                    .into_iter()
+                    .map(RunItem::from)
+                    .collect(),
+            ),
+            None => None,
         };
         let (specs, bytes) = store.mirror_totals()?;
         let published = store.specs_per_source()?;
@@ -133,6 +194,7 @@ impl StatusReport {
         Ok(Self {
             last_run,
             mirror: MirrorTotals { root, specs, bytes },
+            runs: history,
         })
     }
 }
@@ -153,67 +215,103 @@ impl fmt::Display for StatusReport {
                 "last run  none yet: no sync has run (start one with `sync --now`)"
             );
         };
-        let when = match &r.finished_at {
-            Some(end) => format!("started {}, finished {end}", r.started_at),
-            None if r.outcome == Outcome::Running => {
-                format!("started {}, still running (pid {})", r.started_at, r.pid)
+        last_run_lines(f, r)?;
+        if let Some(runs) = &self.runs {
+            writeln!(f, "runs      the last {}, newest first:", runs.len())?;
+            for run in runs {
+                writeln!(f, "{run}")?;
             }
-            // The writer died without finishing (kill -9, a crash, a power cut).
-            None => format!(
-                "started {}, interrupted (pid {} is gone)",
-                r.started_at, r.pid
-            ),
-        };
-        writeln!(
-            f,
-            "last run  #{} {} ({}), {when}",
-            r.id,
-            r.outcome.as_str(),
-            r.trigger
-        )?;
-        writeln!(
-            f,
-            "          specs: {} listed, {} fetched, {} failed, {} skipped; blobs: {} fetched ({})",
-            r.specs_total,
-            r.specs_fetched,
-            r.specs_failed,
-            r.specs_skipped,
-            r.blobs_fetched,
-            ByteSize(r.bytes_fetched)
-        )?;
-        if let Some(e) = &r.error {
-            writeln!(f, "error     {e}")?;
-        }
-        if r.sources.len() > 1 || r.sources.iter().any(|s| s.error.is_some()) {
-            for s in &r.sources {
-                let state = s
-                    .error
-                    .as_deref()
-                    .map_or_else(|| "ok".to_owned(), |e| format!("FAILED: {e}"));
-                writeln!(
-                    f,
-                    "source    {} ({}): {} listed, {} fetched, {} failed; {} in the mirror; {state}",
-                    s.name,
-                    s.url,
-                    s.specs_total,
-                    s.specs_fetched,
-                    s.specs_failed,
-                    s.specs_published
-                )?;
-            }
-        }
-        for p in r.problems.iter().take(20) {
-            writeln!(f, "{:<9} {} {}: {}", p.kind, p.source, p.tag, p.message)?;
-        }
-        if r.problems.len() > 20 {
-            writeln!(
-                f,
-                "          … and {} more (see status --json)",
-                r.problems.len() - 20
-            )?;
         }
         Ok(())
     }
+}
+
+impl fmt::Display for RunItem {
+    /// One line: `#12 success (manual) 2026-11-26T12:00:00Z → 2026-11-26T12:03:10Z: …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = match (&self.finished_at, self.outcome) {
+            (Some(end), _) => end.to_string(),
+            (None, Outcome::Running) => "running".to_owned(),
+            (None, _) => "interrupted".to_owned(),
+        };
+        write!(
+            f,
+            "  #{} {} ({}) {} → {end}: {} listed, {} fetched, {} failed, {} skipped; {} blobs ({})",
+            self.id,
+            self.outcome.as_str(),
+            self.trigger,
+            self.started_at,
+            self.specs_total,
+            self.specs_fetched,
+            self.specs_failed,
+            self.specs_skipped,
+            self.blobs_fetched,
+            ByteSize(self.bytes_fetched)
+        )?;
+        if let Some(e) = &self.error {
+            write!(f, "; error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The last run's lines: outcome and times, counts, error, sources and problems.
+fn last_run_lines(f: &mut fmt::Formatter<'_>, r: &LastRun) -> fmt::Result {
+    let when = match &r.finished_at {
+        Some(end) => format!("started {}, finished {end}", r.started_at),
+        None if r.outcome == Outcome::Running => {
+            format!("started {}, still running (pid {})", r.started_at, r.pid)
+        }
+        // The writer died without finishing (kill -9, a crash, a power cut).
+        None => format!(
+            "started {}, interrupted (pid {} is gone)",
+            r.started_at, r.pid
+        ),
+    };
+    writeln!(
+        f,
+        "last run  #{} {} ({}), {when}",
+        r.id,
+        r.outcome.as_str(),
+        r.trigger
+    )?;
+    writeln!(
+        f,
+        "          specs: {} listed, {} fetched, {} failed, {} skipped; blobs: {} fetched ({})",
+        r.specs_total,
+        r.specs_fetched,
+        r.specs_failed,
+        r.specs_skipped,
+        r.blobs_fetched,
+        ByteSize(r.bytes_fetched)
+    )?;
+    if let Some(e) = &r.error {
+        writeln!(f, "error     {e}")?;
+    }
+    if r.sources.len() > 1 || r.sources.iter().any(|s| s.error.is_some()) {
+        for s in &r.sources {
+            let state = s
+                .error
+                .as_deref()
+                .map_or_else(|| "ok".to_owned(), |e| format!("FAILED: {e}"));
+            writeln!(
+                f,
+                "source    {} ({}): {} listed, {} fetched, {} failed; {} in the mirror; {state}",
+                s.name, s.url, s.specs_total, s.specs_fetched, s.specs_failed, s.specs_published
+            )?;
+        }
+    }
+    for p in r.problems.iter().take(20) {
+        writeln!(f, "{:<9} {} {}: {}", p.kind, p.source, p.tag, p.message)?;
+    }
+    if r.problems.len() > 20 {
+        writeln!(
+            f,
+            "          … and {} more (see status --json)",
+            r.problems.len() - 20
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -228,7 +326,7 @@ mod tests {
         store
             .start_run(Trigger::Manual, 0x7fff_fff0, 100, |_| true)
             .unwrap();
-        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m")).unwrap();
+        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m"), None).unwrap();
         let text = r.to_string();
         assert!(text.contains("#1 failed"), "{text}");
         assert!(text.contains("interrupted"), "{text}");
@@ -238,7 +336,7 @@ mod tests {
     #[test]
     fn before_any_run_the_report_is_empty_but_names_the_root() {
         let dir = tempfile::tempdir().unwrap();
-        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m")).unwrap();
+        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m"), None).unwrap();
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
             json,
@@ -248,6 +346,43 @@ mod tests {
         assert!(
             !dir.path().join(crate::store::DB_FILE).exists(),
             "status must not create the ledger"
+        );
+    }
+
+    #[test]
+    fn runs_are_listed_only_when_asked_for_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for now in [100, 200] {
+            let id = store
+                .start_run(Trigger::Manual, std::process::id(), now, |_| true)
+                .unwrap();
+            store
+                .finish_run(
+                    id,
+                    Outcome::Success,
+                    &crate::model::RunCounts::default(),
+                    None,
+                    now + 5,
+                )
+                .unwrap();
+        }
+        drop(store);
+        let plain = StatusReport::read(dir.path(), PathBuf::from("/srv/m"), None).unwrap();
+        assert!(serde_json::to_value(&plain).unwrap().get("runs").is_none());
+        assert!(!plain.to_string().contains("newest first"));
+
+        let r = StatusReport::read(dir.path(), PathBuf::from("/srv/m"), Some(5)).unwrap();
+        let json = serde_json::to_value(&r).unwrap();
+        let runs = json["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0]["id"], 2);
+        assert_eq!(runs[0]["started_at"], "1970-01-01T00:03:20Z");
+        assert_eq!(runs[1]["finished_at"], "1970-01-01T00:01:45Z");
+        let text = r.to_string();
+        assert!(
+            text.contains("#2 success (manual) 1970-01-01T00:03:20Z → 1970-01-01T00:03:25Z"),
+            "{text}"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! by the next writer closed, as failed "interrupted". It holds SQL only; whether a pid is
 //! alive is the caller's answer (`is_alive`), never looked up here.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Error, Problem, RunRow, RunSourceRow, Store, to_i64, to_u64};
 use crate::model::{Outcome, ProblemKind, RunCounts, Trigger};
@@ -149,43 +149,46 @@ impl Store {
 
     /// The newest run; a `running` row whose process is gone reads as failed, "interrupted".
     pub fn last_run(&self, is_alive: impl Fn(i64) -> bool) -> Result<Option<RunRow>, Error> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
-                        specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
-                        bytes_fetched
-                 FROM runs ORDER BY id DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(RunRow {
-                        id: r.get(0)?,
-                        trigger: r.get(1)?,
-                        pid: r.get(2)?,
-                        started_at: r.get(3)?,
-                        finished_at: r.get(4)?,
-                        outcome: r.get(5)?,
-                        error: r.get(6)?,
-                        counts: RunCounts {
-                            specs_total: to_u64(r.get(7)?),
-                            specs_fetched: to_u64(r.get(8)?),
-                            specs_failed: to_u64(r.get(9)?),
-                            specs_skipped: to_u64(r.get(10)?),
-                            tags_ignored: to_u64(r.get(11)?),
-                            blobs_fetched: to_u64(r.get(12)?),
-                            bytes_fetched: to_u64(r.get(13)?),
-                        },
-                    })
+        Ok(self.last_runs(1, is_alive)?.into_iter().next())
+    }
+
+    /// The last `n` runs, newest first; a `running` row whose process is gone reads as failed,
+    /// "interrupted" (as in [`Store::last_run`]).
+    pub fn last_runs(&self, n: u32, is_alive: impl Fn(i64) -> bool) -> Result<Vec<RunRow>, Error> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
+                    specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
+                    bytes_fetched
+             FROM runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([n], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                trigger: r.get(1)?,
+                pid: r.get(2)?,
+                started_at: r.get(3)?,
+                finished_at: r.get(4)?,
+                outcome: r.get(5)?,
+                error: r.get(6)?,
+                counts: RunCounts {
+                    specs_total: to_u64(r.get(7)?),
+                    specs_fetched: to_u64(r.get(8)?),
+                    specs_failed: to_u64(r.get(9)?),
+                    specs_skipped: to_u64(r.get(10)?),
+                    tags_ignored: to_u64(r.get(11)?),
+                    blobs_fetched: to_u64(r.get(12)?),
+                    bytes_fetched: to_u64(r.get(13)?),
                 },
-            )
-            .optional()?;
-        Ok(row.map(|mut run| {
+            })
+        })?;
+        let mut runs: Vec<RunRow> = rows.collect::<Result<_, _>>()?;
+        for run in &mut runs {
             if run.outcome == Outcome::Running && !is_alive(run.pid) {
                 run.outcome = Outcome::Failed;
                 run.error = Some("interrupted".to_owned());
             }
-            run
-        }))
+        }
+        Ok(runs)
     }
 
     pub fn problems(&self, run_id: i64) -> Result<Vec<Problem>, Error> {
@@ -243,5 +246,54 @@ mod tests {
             .unwrap();
         let (o, e): (String, String) = stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((o.as_str(), e.as_str()), ("failed", "interrupted"));
+    }
+
+    #[test]
+    fn last_runs_lists_the_newest_first_with_dead_writers_interrupted() {
+        let s = Store::open_in_memory().unwrap();
+        assert!(s.last_runs(5, |_| true).unwrap().is_empty());
+        let first = s.start_run(Trigger::Schedule, 1, 100, |_| true).unwrap();
+        s.finish_run(first, Outcome::Success, &RunCounts::default(), None, 110)
+            .unwrap();
+        let second = s.start_run(Trigger::Manual, 2, 200, |_| true).unwrap();
+        let counts = RunCounts {
+            specs_failed: 1,
+            ..RunCounts::default()
+        };
+        s.finish_run(
+            second,
+            Outcome::Partial,
+            &counts,
+            Some("1 spec failed"),
+            210,
+        )
+        .unwrap();
+        // Still `running` in the ledger: pid 3 is alive, pid 4 is gone.
+        let third = s.start_run(Trigger::Manual, 3, 300, |_| true).unwrap();
+        let fourth = s.start_run(Trigger::Manual, 4, 400, |_| true).unwrap();
+        let alive = |pid| pid != 4;
+
+        let runs = s.last_runs(10, alive).unwrap();
+        let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [fourth, third, second, first]);
+        assert_eq!(runs[0].outcome, Outcome::Failed);
+        assert_eq!(runs[0].error.as_deref(), Some("interrupted"));
+        assert_eq!(runs[0].finished_at, None);
+        assert_eq!(runs[1].outcome, Outcome::Running);
+        assert_eq!(runs[1].error, None);
+        assert_eq!(runs[2].outcome, Outcome::Partial);
+        assert_eq!(runs[2].counts, counts);
+        assert_eq!(runs[2].error.as_deref(), Some("1 spec failed"));
+        assert_eq!(
+            (runs[3].trigger, runs[3].finished_at),
+            (Trigger::Schedule, Some(110))
+        );
+
+        let two = s.last_runs(2, alive).unwrap();
+        assert_eq!(
+            two.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [fourth, third]
+        );
+        assert_eq!(s.last_run(alive).unwrap().map(|r| r.id), Some(fourth));
     }
 }

@@ -324,3 +324,229 @@ fn a_log_filter_in_the_config_is_applied_as_validated() {
     assert!(!stderr.contains("sync started"), "{stderr}");
     assert!(stderr.contains("sync finished"), "{stderr}");
 }
+
+/// The subcommands a completion script and the man page must name.
+const SUBCOMMANDS: [&str; 7] = [
+    "daemon",
+    "sync",
+    "status",
+    "verify",
+    "config",
+    "completions",
+    "man",
+];
+
+#[test]
+fn completions_for_every_shell_name_the_subcommands_without_a_config_file() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run_binary(
+            &[
+                "--config",
+                "/nonexistent/spack-mirrord.toml",
+                "completions",
+                shell,
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        assert!(script.contains("spack-mirrord"), "{shell}: {script}");
+        for sub in SUBCOMMANDS {
+            assert!(script.contains(sub), "{shell}: no {sub} in\n{script}");
+        }
+    }
+    let out = run_binary(&["completions", "tcsh"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn man_prints_a_roff_page_naming_every_subcommand_without_a_config_file() {
+    let out = run_binary(&["--config", "/nonexistent/spack-mirrord.toml", "man"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    let header = page
+        .lines()
+        .find(|l| !l.starts_with(".\\\"") && !l.starts_with(".ie") && !l.starts_with(".el"))
+        .unwrap_or_default();
+    assert!(
+        header.starts_with(".TH"),
+        "no roff header: {header}\n{page}"
+    );
+    assert!(page.contains("spack\\-mirrord") || page.contains("spack-mirrord"));
+    for sub in SUBCOMMANDS {
+        assert!(page.contains(sub), "no {sub} in\n{page}");
+    }
+}
+
+/// One line of README's command block: the subcommand path and the long flags it shows.
+#[derive(Debug)]
+struct UsageLine {
+    path: Vec<String>,
+    flags: Vec<String>,
+}
+
+/// The lines of the code block under "## Commands and exit codes" in README.md.
+fn readme_usage() -> Vec<UsageLine> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split_once("## Commands and exit codes")
+        .expect("README has a Commands and exit codes section")
+        .1;
+    let block = section
+        .split_once("```")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the section opens with a code block")
+        .0;
+    block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("spack-mirrord"))
+        .map(|rest| {
+            let (mut path, mut flags, mut depth) = (Vec::new(), Vec::new(), 0_i32);
+            for token in rest.split_whitespace() {
+                let bracketed = depth > 0 || token.starts_with('[');
+                depth += i32::try_from(token.matches('[').count()).unwrap();
+                depth -= i32::try_from(token.matches(']').count()).unwrap();
+                let bare = token.trim_matches(|c| c == '[' || c == ']');
+                if let Some(flag) = bare.strip_prefix("--") {
+                    flags.push(flag.split('=').next().unwrap().to_owned());
+                } else if !bracketed
+                    && bare.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                    && !bare.is_empty()
+                {
+                    path.push(bare.to_owned());
+                }
+            }
+            UsageLine { path, flags }
+        })
+        .collect()
+}
+
+/// Every subcommand path of the clap definition with its long flags (help and version left
+/// out: clap adds them everywhere).
+fn clap_usage() -> Vec<(Vec<String>, Vec<String>)> {
+    fn walk(cmd: &clap::Command, path: &[String], all: &mut Vec<(Vec<String>, Vec<String>)>) {
+        let flags = cmd
+            .get_arguments()
+            .filter_map(clap::Arg::get_long)
+            .filter(|l| !["help", "version"].contains(l))
+            .map(str::to_owned)
+            .collect();
+        all.push((path.to_vec(), flags));
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut p = path.to_vec();
+            p.push(sub.get_name().to_owned());
+            walk(sub, &p, all);
+        }
+    }
+    use clap::CommandFactory as _;
+    let mut all = Vec::new();
+    walk(&spack_mirrord::cli::Cli::command(), &[], &mut all);
+    all
+}
+
+#[test]
+fn the_readme_command_block_and_the_clap_definition_agree() {
+    let readme = readme_usage();
+    let clap = clap_usage();
+    let global: Vec<String> = clap[0].1.clone();
+    assert!(readme.len() >= SUBCOMMANDS.len(), "{readme:?}");
+    // README → clap: each line's subcommand exists and has each flag it shows.
+    for line in &readme {
+        let (_, flags) = clap
+            .iter()
+            .find(|(p, _)| *p == line.path)
+            .unwrap_or_else(|| {
+                panic!(
+                    "README shows `{}`, which clap does not define",
+                    line.path.join(" ")
+                )
+            });
+        for f in &line.flags {
+            assert!(
+                flags.contains(f) || global.contains(f),
+                "README shows `{} --{f}`, which clap does not define",
+                line.path.join(" ")
+            );
+        }
+    }
+    // clap → README: each subcommand and each of its long flags is shown.
+    for (path, flags) in &clap {
+        let lines: Vec<&UsageLine> = readme.iter().filter(|l| l.path.starts_with(path)).collect();
+        assert!(
+            !lines.is_empty(),
+            "README does not show `{}`",
+            path.join(" ")
+        );
+        for f in flags {
+            let shown = if path.is_empty() {
+                readme.iter().any(|l| l.flags.contains(f))
+            } else {
+                lines.iter().any(|l| l.path == *path && l.flags.contains(f))
+            };
+            assert!(shown, "README does not show `{} --{f}`", path.join(" "));
+        }
+    }
+}
+
+#[test]
+fn status_runs_lists_the_last_runs_newest_first_and_refuses_zero() {
+    let reg = crate::support::registry::TestRegistry::shared();
+    let url = reg.url("cli/status-runs");
+    crate::support::mirrord::push_generated(&url, 3, 10_000, 151);
+    let env = Env::new(&url);
+    let before = env.run(&["status", "--runs", "2", "--json"]);
+    assert_eq!(before.status.code(), Some(0), "{}", text(&before));
+    let v: Value = serde_json::from_slice(&before.stdout).unwrap();
+    assert_eq!(v["runs"], serde_json::json!([]), "{v}");
+    assert!(
+        env.status_json().get("runs").is_none(),
+        "no runs array unless --runs is given"
+    );
+
+    for _ in 0..2 {
+        let out = env.sync();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = env.run(&["status", "--runs", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    let (newest, older) = (&runs[0], &runs[1]);
+    assert_eq!(newest["id"], v["last_run"]["id"], "{v}");
+    assert!(newest["id"].as_i64() > older["id"].as_i64(), "{v}");
+    for run in runs {
+        assert_eq!(run["outcome"], "success", "{v}");
+        assert_eq!(run["trigger"], "manual", "{v}");
+        assert_eq!(run["error"], Value::Null, "{v}");
+        assert_eq!(run["specs_total"], 3, "{v}");
+        for t in ["started_at", "finished_at"] {
+            let t = run[t].as_str().unwrap();
+            assert!(t.ends_with('Z') && t.contains('T'), "{t}");
+        }
+    }
+    assert_eq!(older["specs_fetched"], 3, "{v}");
+    assert_eq!(older["blobs_fetched"], 3, "{v}");
+    assert_eq!(newest["specs_fetched"], 0, "{v}");
+    assert_eq!(newest["blobs_fetched"], 0, "{v}");
+    assert!(v["last_run"]["problems"].is_array(), "the rest stays: {v}");
+
+    let one = env.run(&["status", "--runs", "1", "--json"]);
+    let one: Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one["runs"].as_array().unwrap().len(), 1);
+
+    let shown = env.run(&["status", "--runs", "5"]);
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].contains("success (manual)"), "{shown}");
+
+    let zero = env.run(&["status", "--runs", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero));
+}
