@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::lock;
-use crate::model::{ByteSize, Outcome, ProblemKind, Timestamp, Trigger};
+use crate::model::{ByteSize, Outcome, ProblemKind, RunCounts, Timestamp, Trigger};
 use crate::store::{RunRow, Store};
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,13 +30,8 @@ pub struct RunItem {
     pub pid: i64,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
-    pub specs_total: u64,
-    pub specs_fetched: u64,
-    pub specs_failed: u64,
-    pub specs_skipped: u64,
-    pub tags_ignored: u64,
-    pub blobs_fetched: u64,
-    pub bytes_fetched: u64,
+    #[serde(flatten)]
+    pub counts: RunCounts,
     pub error: Option<String>,
 }
 
@@ -49,13 +44,7 @@ impl From<RunRow> for RunItem {
             pid: r.pid,
             started_at: Timestamp(r.started_at),
             finished_at: r.finished_at.map(Timestamp),
-            specs_total: r.counts.specs_total,
-            specs_fetched: r.counts.specs_fetched,
-            specs_failed: r.counts.specs_failed,
-            specs_skipped: r.counts.specs_skipped,
-            tags_ignored: r.counts.tags_ignored,
-            blobs_fetched: r.counts.blobs_fetched,
-            bytes_fetched: r.counts.bytes_fetched,
+            counts: r.counts,
             error: r.error,
         }
     }
@@ -70,20 +59,9 @@ pub struct MirrorTotals {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRun {
-    pub id: i64,
-    pub outcome: Outcome,
-    pub trigger: Trigger,
-    pub pid: i64,
-    pub started_at: Timestamp,
-    pub finished_at: Option<Timestamp>,
-    pub specs_total: u64,
-    pub specs_fetched: u64,
-    pub specs_failed: u64,
-    pub specs_skipped: u64,
-    pub tags_ignored: u64,
-    pub blobs_fetched: u64,
-    pub bytes_fetched: u64,
-    pub error: Option<String>,
+    /// Its outcome, trigger, times, counts and error, as in the history.
+    #[serde(flatten)]
+    pub run: RunItem,
     pub problems: Vec<ProblemItem>,
     /// Each source's part of the run, and the specs it has published in the mirror.
     pub sources: Vec<SourceItem>,
@@ -145,20 +123,7 @@ impl StatusReport {
         let published = store.specs_per_source()?;
         let last_run = match store.last_run(lock::process_alive)? {
             Some(r) => Some(LastRun {
-                id: r.id,
-                outcome: r.outcome,
-                trigger: r.trigger,
-                pid: r.pid,
-                started_at: Timestamp(r.started_at),
-                finished_at: r.finished_at.map(Timestamp),
-                specs_total: r.counts.specs_total,
-                specs_fetched: r.counts.specs_fetched,
-                specs_failed: r.counts.specs_failed,
-                specs_skipped: r.counts.specs_skipped,
-                tags_ignored: r.counts.tags_ignored,
-                blobs_fetched: r.counts.blobs_fetched,
-                bytes_fetched: r.counts.bytes_fetched,
-                error: r.error,
+                run: RunItem::from(r.clone()),
                 problems: store
                     .problems(r.id)?
                     .into_iter()
@@ -241,12 +206,12 @@ impl fmt::Display for RunItem {
             self.outcome.as_str(),
             self.trigger,
             self.started_at,
-            self.specs_total,
-            self.specs_fetched,
-            self.specs_failed,
-            self.specs_skipped,
-            self.blobs_fetched,
-            ByteSize(self.bytes_fetched)
+            self.counts.specs_total,
+            self.counts.specs_fetched,
+            self.counts.specs_failed,
+            self.counts.specs_skipped,
+            self.counts.blobs_fetched,
+            ByteSize(self.counts.bytes_fetched)
         )?;
         if let Some(e) = &self.error {
             write!(f, "; error: {e}")?;
@@ -256,7 +221,8 @@ impl fmt::Display for RunItem {
 }
 
 /// The last run's lines: outcome and times, counts, error, sources and problems.
-fn last_run_lines(f: &mut fmt::Formatter<'_>, r: &LastRun) -> fmt::Result {
+fn last_run_lines(f: &mut fmt::Formatter<'_>, last: &LastRun) -> fmt::Result {
+    let r = &last.run;
     let when = match &r.finished_at {
         Some(end) => format!("started {}, finished {end}", r.started_at),
         None if r.outcome == Outcome::Running => {
@@ -278,18 +244,18 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, r: &LastRun) -> fmt::Result {
     writeln!(
         f,
         "          specs: {} listed, {} fetched, {} failed, {} skipped; blobs: {} fetched ({})",
-        r.specs_total,
-        r.specs_fetched,
-        r.specs_failed,
-        r.specs_skipped,
-        r.blobs_fetched,
-        ByteSize(r.bytes_fetched)
+        r.counts.specs_total,
+        r.counts.specs_fetched,
+        r.counts.specs_failed,
+        r.counts.specs_skipped,
+        r.counts.blobs_fetched,
+        ByteSize(r.counts.bytes_fetched)
     )?;
     if let Some(e) = &r.error {
         writeln!(f, "error     {e}")?;
     }
-    if r.sources.len() > 1 || r.sources.iter().any(|s| s.error.is_some()) {
-        for s in &r.sources {
+    if last.sources.len() > 1 || last.sources.iter().any(|s| s.error.is_some()) {
+        for s in &last.sources {
             let state = s
                 .error
                 .as_deref()
@@ -301,14 +267,14 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, r: &LastRun) -> fmt::Result {
             )?;
         }
     }
-    for p in r.problems.iter().take(20) {
+    for p in last.problems.iter().take(20) {
         writeln!(f, "{:<9} {} {}: {}", p.kind, p.source, p.tag, p.message)?;
     }
-    if r.problems.len() > 20 {
+    if last.problems.len() > 20 {
         writeln!(
             f,
             "          … and {} more (see status --json)",
-            r.problems.len() - 20
+            last.problems.len() - 20
         )?;
     }
     Ok(())
