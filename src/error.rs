@@ -29,7 +29,7 @@
 
 use std::process::ExitCode;
 
-pub use crate::diagnostic::{error_chain, is_disk_full};
+use crate::diagnostic::{error_chain, is_disk_full};
 
 const STATE_DIR_FULL: &str = "the filesystem of state.dir is full: free space on it (or move state.dir); \
      the mirror stays consistent, and the next run marks this one interrupted and fetches only \

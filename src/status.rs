@@ -122,37 +122,40 @@ impl StatusReport {
         let (specs, bytes) = store.mirror_totals()?;
         let published = store.specs_per_source()?;
         let last_run = match store.last_run(lock::process_alive)? {
-            Some(r) => Some(LastRun {
-                run: RunItem::from(r.clone()),
-                problems: store
-                    .problems(r.id)?
-                    .into_iter()
-                    .map(|p| ProblemItem {
-                        source: p.source,
-                        tag: p.tag,
-                        kind: p.kind,
-                        message: p.message,
-                    })
-                    .collect(),
-                sources: store
-                    .run_sources(r.id)?
-                    .into_iter()
-                    .map(|s| SourceItem {
-                        specs_published: published
-                            .iter()
-                            .find(|(name, _)| *name == s.source)
-                            .map_or(0, |(_, n)| *n),
-                        name: s.source,
-                        url: s.url,
-                        specs_total: s.counts.specs_total,
-                        specs_fetched: s.counts.specs_fetched,
-                        specs_failed: s.counts.specs_failed,
-                        specs_skipped: s.counts.specs_skipped,
-                        blobs_fetched: s.counts.blobs_fetched,
-                        bytes_fetched: s.counts.bytes_fetched,
-                        error: s.error,
-                    })
-                    .collect(),
+            Some(r) => Some({
+                let id = r.id;
+                LastRun {
+                    run: RunItem::from(r),
+                    problems: store
+                        .problems(id)?
+                        .into_iter()
+                        .map(|p| ProblemItem {
+                            source: p.source,
+                            tag: p.tag,
+                            kind: p.kind,
+                            message: p.message,
+                        })
+                        .collect(),
+                    sources: store
+                        .run_sources(id)?
+                        .into_iter()
+                        .map(|s| SourceItem {
+                            specs_published: published
+                                .iter()
+                                .find(|(name, _)| *name == s.source)
+                                .map_or(0, |(_, n)| *n),
+                            name: s.source,
+                            url: s.url,
+                            specs_total: s.counts.specs_total,
+                            specs_fetched: s.counts.specs_fetched,
+                            specs_failed: s.counts.specs_failed,
+                            specs_skipped: s.counts.specs_skipped,
+                            blobs_fetched: s.counts.blobs_fetched,
+                            bytes_fetched: s.counts.bytes_fetched,
+                            error: s.error,
+                        })
+                        .collect(),
+                }
             }),
             None => None,
         };

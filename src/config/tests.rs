@@ -294,11 +294,11 @@ fn a_docker_credentials_failure_keeps_its_message_chain_and_exit_code() {
     let failure = || Failure(std::io::Error::other("permission denied"));
     let err = Error::Docker(Box::new(failure()));
     assert_eq!(
-        crate::error::error_chain(&err),
-        crate::error::error_chain(&failure())
+        crate::diagnostic::error_chain(&err),
+        crate::diagnostic::error_chain(&failure())
     );
     assert_eq!(
-        crate::error::error_chain(&err),
+        crate::diagnostic::error_chain(&err),
         "docker config /h/.docker/config.json cannot be read; fix its permissions: permission denied"
     );
     let code = crate::error::Error::from(err).exit_code();

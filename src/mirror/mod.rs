@@ -24,7 +24,7 @@
 //! `state`), turns relative paths into paths under the root (refusing any that are not plain),
 //! and holds the error and the free-space types; `tree` holds the link-free opening of paths,
 //! `writer` the staged writes and `read` the reading back. It imports only `model`, `state`
-//! and `error::is_disk_full`.
+//! and `diagnostic::is_disk_full`.
 
 mod read;
 mod tree;

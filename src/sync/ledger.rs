@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 
 use super::{Candidate, Progress, Run, now};
-use crate::error::{Failure, error_chain};
+use crate::diagnostic::error_chain;
+use crate::error::Failure;
 use crate::model::{Digest, FileKind, ProblemKind};
 use crate::spack;
 use crate::store::{FileRow, RunSourceRow, SpecRow};

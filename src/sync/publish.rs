@@ -45,39 +45,34 @@ impl Run<'_> {
         }
         let ready = self.write_spec_blobs(ready).await?;
 
-        // Every spec the mirror can now serve, old and new, with what it needs.
-        let mut requires: BTreeMap<String, Vec<String>> = intact
+        // Every spec the mirror can now serve, old and new: what it needs, its JSON and its
+        // name as the index gives it.
+        let mut requires: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut specs: BTreeMap<&str, (&str, IndexEntry)> = BTreeMap::new();
+        let old = intact
             .iter()
-            .map(|s| (s.hash.clone(), s.requires.clone()))
-            .collect();
-        let mut spec_json: BTreeMap<String, &str> = intact
-            .iter()
-            .map(|s| (s.hash.clone(), s.spec_json.as_str()))
-            .collect();
-        for (c, _) in &ready {
-            requires.insert(c.spec.hash.clone(), c.spec.requires.clone());
+            .map(|s| (&s.hash, &s.requires, &s.spec_json, &s.name, &s.version));
+        let new = ready.iter().map(|(c, _)| {
+            let s = &c.spec;
+            (&s.hash, &s.requires, &s.spec_json, &s.name, &s.version)
+        });
+        for (hash, needs, json, name, version) in old.chain(new) {
+            requires.insert(hash.clone(), needs.clone());
+            specs.insert(hash, (json, entry(name, version)));
         }
         let installable = spack::installable(&requires);
         self.write_spec_manifests(&ready, &installable).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        let mut named: BTreeMap<&str, IndexEntry> = intact
+        let (jsons, listed): (Vec<&str>, BTreeMap<String, IndexEntry>) = installable
             .iter()
-            .map(|s| (s.hash.as_str(), entry(&s.name, &s.version)))
-            .collect();
-        for (c, _) in &ready {
-            spec_json.insert(c.spec.hash.clone(), c.spec.spec_json.as_str());
-            named.insert(&c.spec.hash, entry(&c.spec.name, &c.spec.version));
-        }
-        let jsons: Vec<&str> = installable
-            .iter()
-            .filter_map(|h| spec_json.get(h).copied())
-            .collect();
-        let listed: BTreeMap<String, IndexEntry> = installable
-            .iter()
-            .filter_map(|h| named.get(h.as_str()).map(|e| (h.clone(), e.clone())))
-            .collect();
+            .filter_map(|h| {
+                specs
+                    .get(h.as_str())
+                    .map(|(j, e)| (*j, (h.clone(), e.clone())))
+            })
+            .unzip();
         self.publish_index(&listed, &jsons).await?;
         self.publish_layout().await
     }
@@ -142,7 +137,7 @@ impl Run<'_> {
                 Err(f) if f.scope == Scope::Item => {
                     tracing::warn!(digest = %d.digest, error = &f as &dyn std::error::Error, "tarball rejected");
                     self.note_partial(&d.digest)?;
-                    failed.insert(d.digest.clone(), crate::error::error_chain(&f));
+                    failed.insert(d.digest.clone(), crate::diagnostic::error_chain(&f));
                 }
                 Err(f) => return Err(f),
             }
@@ -310,7 +305,11 @@ impl Run<'_> {
         };
         let (db_version, in_buildcache, problem) = match spack::index_summary(&blob) {
             Ok(s) => (Some(s.db_version), s.in_buildcache, None),
-            Err(e) => (None, BTreeMap::new(), Some(crate::error::error_chain(&e))),
+            Err(e) => (
+                None,
+                BTreeMap::new(),
+                Some(crate::diagnostic::error_chain(&e)),
+            ),
         };
         self.store.set_registry_index(
             &name,

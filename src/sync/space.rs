@@ -301,11 +301,7 @@ impl Run<'_> {
         root_needed: u64,
         ledger_needed: u64,
     ) -> Result<(), Failure> {
-        let volumes = self
-            .mirror
-            .free_space()
-            .and_then(|space| Ok((space, mirror::volume(&self.config.state_dir)?)));
-        let (space, state) = match volumes {
+        let volumes = match self.volumes() {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(
@@ -315,23 +311,26 @@ impl Run<'_> {
                 return Ok(());
             }
         };
-        let demand = |key, v: &Volume, needed| plan::SpaceDemand {
-            key,
-            path: v.path.clone(),
-            dev: v.dev,
-            needed,
-            available: v.available,
+        let demand = |key, i: usize, needed| {
+            let fs = &volumes.filesystems[i];
+            plan::SpaceDemand {
+                key,
+                path: fs.path.clone(),
+                dev: fs.dev,
+                needed,
+                available: fs.available,
+            }
         };
-        let mut demands = vec![demand("mirror.root", &space.root, root_needed)];
-        if space.staging.dev != space.root.dev {
-            demands.push(demand("mirror.root", &space.staging, root_needed));
+        let mut demands = vec![demand("mirror.root", volumes.root, root_needed)];
+        if let Some(staging) = volumes.staging {
+            demands.push(demand("mirror.root", staging, root_needed));
         }
-        demands.push(demand("state.dir", &state, ledger_needed));
+        demands.push(demand("state.dir", volumes.state, ledger_needed));
         tracing::debug!(
             root_needed,
-            root_available = space.root.available,
+            root_available = volumes.filesystems[volumes.root].available,
             ledger_needed,
-            state_available = state.available,
+            state_available = volumes.filesystems[volumes.state].available,
             "free space checked"
         );
         plan::check_space(&demands).map_err(|s| {

@@ -42,7 +42,7 @@ impl Run<'_> {
                 Ok(c) => candidates.extend(c),
                 Err(f) if f.scope == Scope::Run => return Err(f),
                 Err(f) => {
-                    let msg = crate::error::error_chain(&f);
+                    let msg = crate::diagnostic::error_chain(&f);
                     let source = &mut self.sources[src];
                     tracing::error!(
                         source = %source.config.name,

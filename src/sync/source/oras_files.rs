@@ -281,7 +281,7 @@ impl Run<'_> {
                     Err(f) if f.scope == Scope::Item => {
                         tracing::warn!(path, digest = %d.digest, error = &f as &dyn std::error::Error, "oras file rejected");
                         self.note_partial(&d.digest)?;
-                        failed.insert(path, crate::error::error_chain(&f));
+                        failed.insert(path, crate::diagnostic::error_chain(&f));
                     }
                     Err(f) => return Err(f),
                 }
