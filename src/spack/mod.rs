@@ -12,6 +12,7 @@
 //! use, so the split stays invisible to them.
 
 mod dag;
+pub mod facts;
 mod image;
 mod index;
 mod tag;
