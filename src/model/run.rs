@@ -116,6 +116,14 @@ pub struct RunCounts {
     pub tags_ignored: u64,
     pub blobs_fetched: u64,
     pub bytes_fetched: u64,
+    /// Spec tags the selection chose (all of them without `include`, `exclude` or
+    /// `environments`), before the dependency closure adds what they need.
+    pub specs_selected: u64,
+    /// Specs the mirror holds at the end of the run (per source: those it lists).
+    pub specs_mirrored: u64,
+    /// Specs removed by pruning, and the bytes of the files removed with them.
+    pub specs_pruned: u64,
+    pub bytes_pruned: u64,
 }
 
 #[cfg(test)]

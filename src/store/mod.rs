@@ -15,6 +15,7 @@
 mod migrate;
 mod published;
 mod runs;
+mod selection;
 mod sources;
 mod sql;
 

@@ -48,7 +48,8 @@ impl Store {
     pub fn update_counts(&self, run_id: i64, c: &RunCounts) -> Result<(), Error> {
         self.conn.execute(
             "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
-                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8 WHERE id = ?1",
+                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8, specs_selected = ?9,
+                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12 WHERE id = ?1",
             params![
                 run_id,
                 to_i64(c.specs_total),
@@ -57,7 +58,11 @@ impl Store {
                 to_i64(c.specs_skipped),
                 to_i64(c.tags_ignored),
                 to_i64(c.blobs_fetched),
-                to_i64(c.bytes_fetched)
+                to_i64(c.bytes_fetched),
+                to_i64(c.specs_selected),
+                to_i64(c.specs_mirrored),
+                to_i64(c.specs_pruned),
+                to_i64(c.bytes_pruned)
             ],
         )?;
         Ok(())
@@ -99,13 +104,16 @@ impl Store {
         let c = &row.counts;
         self.conn.execute(
             "INSERT INTO run_sources (run_id, source, url, specs_total, specs_fetched, specs_failed,
-                 specs_skipped, blobs_fetched, bytes_fetched, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 specs_skipped, blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
+                 specs_pruned, bytes_pruned)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url,
                 specs_total = excluded.specs_total, specs_fetched = excluded.specs_fetched,
                 specs_failed = excluded.specs_failed, specs_skipped = excluded.specs_skipped,
                 blobs_fetched = excluded.blobs_fetched, bytes_fetched = excluded.bytes_fetched,
-                error = excluded.error",
+                error = excluded.error, specs_selected = excluded.specs_selected,
+                specs_mirrored = excluded.specs_mirrored, specs_pruned = excluded.specs_pruned,
+                bytes_pruned = excluded.bytes_pruned",
             params![
                 run_id,
                 row.source,
@@ -116,7 +124,11 @@ impl Store {
                 to_i64(c.specs_skipped),
                 to_i64(c.blobs_fetched),
                 to_i64(c.bytes_fetched),
-                row.error
+                row.error,
+                to_i64(c.specs_selected),
+                to_i64(c.specs_mirrored),
+                to_i64(c.specs_pruned),
+                to_i64(c.bytes_pruned)
             ],
         )?;
         Ok(())
@@ -125,7 +137,8 @@ impl Store {
     pub fn run_sources(&self, run_id: i64) -> Result<Vec<RunSourceRow>, Error> {
         let mut stmt = self.conn.prepare(
             "SELECT source, url, specs_total, specs_fetched, specs_failed, specs_skipped,
-                    blobs_fetched, bytes_fetched, error
+                    blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
+                    specs_pruned, bytes_pruned
              FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([run_id], |r| {
@@ -140,6 +153,10 @@ impl Store {
                     tags_ignored: 0,
                     blobs_fetched: to_u64(r.get(6)?),
                     bytes_fetched: to_u64(r.get(7)?),
+                    specs_selected: to_u64(r.get(9)?),
+                    specs_mirrored: to_u64(r.get(10)?),
+                    specs_pruned: to_u64(r.get(11)?),
+                    bytes_pruned: to_u64(r.get(12)?),
                 },
                 error: r.get(8)?,
             })
@@ -158,7 +175,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
                     specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
-                    bytes_fetched
+                    bytes_fetched, specs_selected, specs_mirrored, specs_pruned, bytes_pruned
              FROM runs ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([n], |r| {
@@ -178,6 +195,10 @@ impl Store {
                     tags_ignored: to_u64(r.get(11)?),
                     blobs_fetched: to_u64(r.get(12)?),
                     bytes_fetched: to_u64(r.get(13)?),
+                    specs_selected: to_u64(r.get(14)?),
+                    specs_mirrored: to_u64(r.get(15)?),
+                    specs_pruned: to_u64(r.get(16)?),
+                    bytes_pruned: to_u64(r.get(17)?),
                 },
             })
         })?;
