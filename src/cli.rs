@@ -50,8 +50,15 @@ pub enum Command {
         full: bool,
         /// Fail at once (exit 75) instead of waiting when another sync holds the lock (with
         /// --now).
-        #[arg(long, requires = "now")]
+        #[arg(long, requires = "now", conflicts_with = "dry_run")]
         no_wait: bool,
+        /// Plan the run and print what it would fetch and remove, changing nothing: no
+        /// write under the mirror root, no run in the ledger, no lock (with --now).
+        #[arg(long, requires = "now")]
+        dry_run: bool,
+        /// Print the --dry-run plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Show the last run and the mirror's totals, read from the ledger.
     ///
@@ -120,12 +127,21 @@ mod tests {
     #[test]
     fn full_and_no_wait_need_now() {
         use clap::Parser as _;
-        for flag in ["--full", "--no-wait"] {
+        for flag in ["--full", "--no-wait", "--dry-run"] {
             let err = super::Cli::try_parse_from(["spack-mirrord", "sync", flag]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{flag}: {err}");
             assert!(err.to_string().contains("--now"), "{flag}: {err}");
             assert!(super::Cli::try_parse_from(["spack-mirrord", "sync", "--now", flag]).is_ok());
         }
+    }
+
+    #[test]
+    fn json_needs_dry_run_and_dry_run_takes_no_lock_flag() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| super::Cli::try_parse_from(args.iter().copied());
+        assert!(parse(&["spack-mirrord", "sync", "--now", "--json"]).is_err());
+        assert!(parse(&["spack-mirrord", "sync", "--now", "--dry-run", "--no-wait"]).is_err());
+        assert!(parse(&["spack-mirrord", "sync", "--now", "--dry-run", "--json"]).is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::logging;
 use crate::mirror::Mirror;
 use crate::model::Outcome;
 use crate::model::Trigger;
-use crate::model::{ByteSize, ProblemKind};
+use crate::model::{ByteSize, ProblemKind, Timestamp};
 use crate::status::StatusReport;
 use crate::store::Store;
 use crate::sync;
@@ -90,7 +90,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Sync {
             now: true,
             full,
+            dry_run: true,
+            json,
+            ..
+        } => {
+            init_logging(&config);
+            runtime()?.block_on(dry_run(&config, full, json))
+        }
+        Command::Sync {
+            now: true,
+            full,
             no_wait,
+            ..
         } => {
             init_logging(&config);
             runtime()?.block_on(sync_now(&config, full, no_wait))
@@ -245,6 +256,82 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         Outcome::Cancelled => exit::CANCELLED,
         Outcome::Partial | Outcome::Failed | Outcome::Running => exit::FAILED,
     }))
+}
+
+/// `sync --now --dry-run`: the plan, as text or JSON.
+async fn dry_run(config: &Config, full: bool, json: bool) -> Result<ExitCode, Error> {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let plan = sync::dry_run(config, full, &cancel).await?;
+    if cancel.is_cancelled() {
+        return Ok(ExitCode::from(exit::CANCELLED));
+    }
+    if json {
+        print_json(&plan)?;
+    } else {
+        say!("{}", dry_run_text(&plan))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dry run's plan as text: per source, then what would be fetched and removed.
+fn dry_run_text(plan: &sync::DryRun) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("dry run: nothing was changed\n");
+    for s in &plan.sources {
+        let _ = write!(
+            out,
+            "source {}: {} specs listed, {} selected",
+            s.name, s.specs_total, s.specs_selected
+        );
+        if let Some(e) = &s.error {
+            let _ = write!(out, "; cannot be read: {e}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "would fetch {} specs: {} tarballs, {}",
+        plan.fetch.len(),
+        plan.tarballs,
+        ByteSize(plan.bytes)
+    );
+    for f in &plan.fetch {
+        let _ = writeln!(
+            out,
+            "  + {}@{} /{} from {} ({})",
+            f.name,
+            f.version,
+            f.hash,
+            f.source,
+            ByteSize(f.tarball_bytes)
+        );
+    }
+    let _ = writeln!(out, "would remove {} specs", plan.remove.len());
+    for r in &plan.remove {
+        let _ = writeln!(out, "  - {}@{} /{}", r.name, r.version, r.hash);
+    }
+    if !plan.keep_unwanted.is_empty() {
+        let _ = writeln!(
+            out,
+            "would keep {} specs no source wants (pruning disabled or within prune.grace)",
+            plan.keep_unwanted.len()
+        );
+        for k in &plan.keep_unwanted {
+            let _ = writeln!(
+                out,
+                "  = {}@{} /{} (removable from {})",
+                k.name,
+                k.version,
+                k.hash,
+                Timestamp(k.due)
+            );
+        }
+    }
+    for p in &plan.problems {
+        let _ = writeln!(out, "problem ({}) {} {}: {}", p.kind, p.source, p.tag, p.message);
+    }
+    out
 }
 
 /// One line summing up a run.

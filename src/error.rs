@@ -59,6 +59,9 @@ pub enum Error {
     Toml(#[source] toml::ser::Error),
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
+    /// `sync --now --dry-run` could not plan the run.
+    #[error("the dry run could not plan the sync")]
+    Plan(#[source] Failure),
 }
 
 /// Exit codes (README.md lists them).
@@ -142,6 +145,9 @@ pub enum Cause {
     Listing(#[from] crate::sync::ListingError),
     #[error(transparent)]
     Stop(#[from] crate::sync::Stop),
+    /// A source's selection cannot be applied (its environment lockfile).
+    #[error(transparent)]
+    Selection(#[from] crate::sync::SelectionError),
 }
 
 impl Cause {
@@ -150,7 +156,9 @@ impl Cause {
         match self {
             Self::Store(_) | Self::Stop(_) => Scope::Run,
             Self::Mirror(e) if !e.is_content() => Scope::Run,
-            Self::Registry(crate::registry::Error::Auth { .. }) => Scope::Source,
+            Self::Registry(crate::registry::Error::Auth { .. }) | Self::Selection(_) => {
+                Scope::Source
+            }
             _ => Scope::Item,
         }
     }
@@ -246,7 +254,8 @@ failure_from!(
     crate::oras::Error,
     crate::sync::BlobError,
     crate::sync::ListingError,
-    crate::sync::Stop
+    crate::sync::Stop,
+    crate::sync::SelectionError
 );
 
 #[cfg(test)]

@@ -77,6 +77,12 @@ pub struct SourceItem {
     pub specs_skipped: u64,
     pub blobs_fetched: u64,
     pub bytes_fetched: u64,
+    /// Of `specs_total` (the spec tags upstream), how many its selection chose.
+    pub specs_selected: u64,
+    /// Specs the mirror serves at the end of the run that this source lists.
+    pub specs_mirrored: u64,
+    pub specs_pruned: u64,
+    pub bytes_pruned: u64,
     pub error: Option<String>,
     /// Specs of this source in the mirror (from any run).
     pub specs_published: u64,
@@ -152,6 +158,10 @@ impl StatusReport {
                             specs_skipped: s.counts.specs_skipped,
                             blobs_fetched: s.counts.blobs_fetched,
                             bytes_fetched: s.counts.bytes_fetched,
+                            specs_selected: s.counts.specs_selected,
+                            specs_mirrored: s.counts.specs_mirrored,
+                            specs_pruned: s.counts.specs_pruned,
+                            bytes_pruned: s.counts.bytes_pruned,
                             error: s.error,
                         })
                         .collect(),
@@ -254,10 +264,25 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, last: &LastRun) -> fmt::Result {
         r.counts.blobs_fetched,
         ByteSize(r.counts.bytes_fetched)
     )?;
+    let c = &r.counts;
+    if c.specs_selected != c.specs_total || c.specs_pruned > 0 {
+        writeln!(
+            f,
+            "          selection: {} selected, {} in the mirror; pruned: {} specs ({})",
+            c.specs_selected,
+            c.specs_mirrored,
+            c.specs_pruned,
+            ByteSize(c.bytes_pruned)
+        )?;
+    }
     if let Some(e) = &r.error {
         writeln!(f, "error     {e}")?;
     }
-    if last.sources.len() > 1 || last.sources.iter().any(|s| s.error.is_some()) {
+    let selective = last
+        .sources
+        .iter()
+        .any(|s| s.specs_selected != s.specs_total || s.specs_pruned > 0);
+    if last.sources.len() > 1 || selective || last.sources.iter().any(|s| s.error.is_some()) {
         for s in &last.sources {
             let state = s
                 .error
@@ -265,8 +290,15 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, last: &LastRun) -> fmt::Result {
                 .map_or_else(|| "ok".to_owned(), |e| format!("FAILED: {e}"));
             writeln!(
                 f,
-                "source    {} ({}): {} listed, {} fetched, {} failed; {} in the mirror; {state}",
-                s.name, s.url, s.specs_total, s.specs_fetched, s.specs_failed, s.specs_published
+                "source    {} ({}): {} upstream, {} selected, {} in the mirror; {} fetched, {} failed, {} pruned; {state}",
+                s.name,
+                s.url,
+                s.specs_total,
+                s.specs_selected,
+                s.specs_mirrored,
+                s.specs_fetched,
+                s.specs_failed,
+                s.specs_pruned
             )?;
         }
     }

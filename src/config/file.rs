@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub state: FileState,
     pub sync: FileSync,
     pub log: FileLog,
+    pub prune: FilePrune,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,15 @@ pub struct FileSource {
     pub repositories_url: Option<String>,
     /// `oras-files`: the tag of each artifact.
     pub tag: String,
+    /// `spack-oci`: selectors of the specs to mirror (empty, and no `environments`: all).
+    pub include: Vec<String>,
+    /// `spack-oci`: selectors of specs not to mirror (unless a mirrored spec needs them).
+    pub exclude: Vec<String>,
+    /// `spack-oci`: Spack environment lockfiles whose roots are mirrored, relative to the
+    /// config file.
+    pub environments: Vec<PathBuf>,
+    /// `spack-oci`: which dependencies of a selected spec come with it: `link-run` or `all`.
+    pub dependencies: String,
 }
 
 impl Default for FileSource {
@@ -65,6 +75,10 @@ impl Default for FileSource {
             repositories_file: None,
             repositories_url: None,
             tag: "latest".to_owned(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            environments: Vec::new(),
+            dependencies: "link-run".to_owned(),
         }
     }
 }
@@ -129,6 +143,24 @@ impl Default for FileLog {
         Self {
             level: "info".to_owned(),
             format: "text".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilePrune {
+    /// Whether specs no source wants any more are removed (default: never).
+    pub enabled: bool,
+    /// How long a spec must be unwanted before it is removed.
+    pub grace: String,
+}
+
+impl Default for FilePrune {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            grace: "7d".to_owned(),
         }
     }
 }

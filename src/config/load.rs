@@ -237,3 +237,22 @@ mod tests {
         assert_eq!(strip_one_newline("pw\n\n".to_owned()), "pw\n");
     }
 }
+
+/// Largest environment lockfile read (a `spack.lock` of thousands of specs is a few MB).
+const MAX_LOCKFILE_BYTES: u64 = 256 << 20;
+
+/// Reads an environment lockfile named by a source's `environments` (at each run: the
+/// environment may have been concretized again since the config was loaded).
+pub fn read_lockfile(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOCKFILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_LOCKFILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {MAX_LOCKFILE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
+}

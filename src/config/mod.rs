@@ -20,9 +20,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::model::{Credentials, Network, RepoRef, Secret};
+use crate::plan::Dependencies;
+use crate::spack::Selector;
 
-pub use file::{FileConfig, FileLog, FileMirror, FileSource, FileState, FileSync};
-pub use load::{load, load_for};
+pub use file::{FileConfig, FileLog, FileMirror, FilePrune, FileSource, FileState, FileSync};
+pub use load::{load, load_for, read_lockfile};
 pub use placement::{check_placement, overlap};
 pub use validate::{log_directives, validate};
 
@@ -116,6 +118,35 @@ pub struct Source {
     pub network: Network,
     /// The `oras-files` keys (defaults for `spack-oci`).
     pub oras: OrasSettings,
+    /// What of a `spack-oci` source to mirror (everything for `oras-files`).
+    pub selection: Selection,
+}
+
+/// Which specs of a source are mirrored: those an `include` selector matches or that are a
+/// root of an `environments` lockfile, minus those an `exclude` selector matches; then, from
+/// any source, what they need (`dependencies`).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub include: Vec<Selector>,
+    pub exclude: Vec<Selector>,
+    /// Lockfiles, resolved against the config file's directory; read at each run.
+    pub environments: Vec<PathBuf>,
+    pub dependencies: Dependencies,
+}
+
+impl Selection {
+    /// Whether every spec tag is selected (the default: no `include`, `exclude` or
+    /// `environments`).
+    pub fn is_everything(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty() && self.environments.is_empty()
+    }
+}
+
+/// Whether, and after how long, specs no source wants any more are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prune {
+    pub enabled: bool,
+    pub grace: Duration,
 }
 
 /// The validated configuration the program runs on.
@@ -135,6 +166,7 @@ pub struct Config {
     /// As written: a level, or a tracing filter (see `log_directives`).
     pub log_level: String,
     pub log_format: LogFormat,
+    pub prune: Prune,
     /// Things worth telling that do not stop the program (a password file others can read),
     /// to be logged once logging is set up (`config check` prints them on stderr).
     pub warnings: Vec<String>,
@@ -169,6 +201,7 @@ pub struct Effective {
     pub state: FileState,
     pub sync: EffectiveSync,
     pub log: FileLog,
+    pub prune: FilePrune,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,6 +222,15 @@ pub struct EffectiveSource {
     /// `oras-files` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// `spack-oci` only, as canonical selectors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +266,21 @@ impl Config {
                     repositories: (s.layout == Layout::OrasFiles)
                         .then(|| s.oras.repositories.clone()),
                     tag: (s.layout == Layout::OrasFiles).then(|| s.oras.tag.clone()),
+                    include: s
+                        .selection
+                        .include
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    exclude: s
+                        .selection
+                        .exclude
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    environments: s.selection.environments.clone(),
+                    dependencies: (s.layout == Layout::SpackOci)
+                        .then(|| s.selection.dependencies.as_str().to_owned()),
                 })
                 .collect(),
             mirror: FileMirror {
@@ -244,6 +301,10 @@ impl Config {
                     LogFormat::Text => "text".to_owned(),
                     LogFormat::Json => "json".to_owned(),
                 },
+            },
+            prune: FilePrune {
+                enabled: self.prune.enabled,
+                grace: humantime::format_duration(self.prune.grace).to_string(),
             },
         }
     }

@@ -7,8 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::file::{FileConfig, FileSource};
-use super::{Ambient, Config, Error, Layout, LogFormat, OrasSettings, Source};
+use super::{Ambient, Config, Error, Layout, LogFormat, OrasSettings, Prune, Selection, Source};
 use crate::model::{Credentials, Network, RepoRef, Secret};
+use crate::plan::Dependencies;
+use crate::spack::Selector;
 
 /// Relative paths in the file are taken relative to the file's directory.
 pub(super) fn resolve(config_path: &Path, p: &Path) -> PathBuf {
@@ -121,6 +123,10 @@ pub fn validate(
     if let Err(reason) = log_directives(&file.log.level) {
         return Err(key_err("log.level", reason));
     }
+    let prune = Prune {
+        enabled: file.prune.enabled,
+        grace: duration("prune.grace", &file.prune.grace, true)?,
+    };
     let mirror_root = resolve(path, &file.mirror.root);
     let state_dir = resolve(path, &file.state.dir);
     let (root_plain, state_plain) = (lexical(&mirror_root), lexical(&state_dir));
@@ -160,6 +166,7 @@ pub fn validate(
         on_start: file.sync.on_start,
         log_level: file.log.level,
         log_format,
+        prune,
         warnings: Vec::new(),
     })
 }
@@ -387,6 +394,7 @@ fn validate_source(
         // Read by `load` (validate does no I/O).
         ca_pem: None,
     };
+    let selection = validate_selection(path, key, layout, &entry)?;
     let oras = validate_oras(
         path,
         key,
@@ -402,6 +410,71 @@ fn validate_source(
         credentials,
         network,
         oras,
+        selection,
+    })
+}
+
+/// The selection keys of one source: every selector parsed (an error names the key, the
+/// selector and its offending term), lockfile paths resolved, `dependencies` checked; refused
+/// on an `oras-files` source, which has no specs to select.
+fn validate_selection(
+    path: &Path,
+    key: &str,
+    layout: Layout,
+    entry: &FileSource,
+) -> Result<Selection, Error> {
+    let key_err = |field: &str, reason: String| Error::Key {
+        path: path.to_owned(),
+        key: format!("{key}.{field}"),
+        reason,
+    };
+    if layout == Layout::OrasFiles {
+        let set = [
+            ("include", !entry.include.is_empty()),
+            ("exclude", !entry.exclude.is_empty()),
+            ("environments", !entry.environments.is_empty()),
+            ("dependencies", entry.dependencies != "link-run"),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+            return Err(key_err(
+                field,
+                "is only for layout = \"spack-oci\"; an oras-files source is mirrored whole"
+                    .to_owned(),
+            ));
+        }
+        return Ok(Selection::default());
+    }
+    let selectors = |field: &str, texts: &[String]| -> Result<Vec<Selector>, Error> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<Selector>()
+                    .map_err(|e| key_err(&format!("{field}[{i}]"), e.to_string()))
+            })
+            .collect()
+    };
+    let dependencies = match entry.dependencies.as_str() {
+        "link-run" => Dependencies::LinkRun,
+        "all" => Dependencies::All,
+        other => {
+            return Err(key_err(
+                "dependencies",
+                format!(
+                    "is {other:?}; it must be \"link-run\" (what installing needs) or \"all\" (build dependencies too)"
+                ),
+            ));
+        }
+    };
+    Ok(Selection {
+        include: selectors("include", &entry.include)?,
+        exclude: selectors("exclude", &entry.exclude)?,
+        environments: entry
+            .environments
+            .iter()
+            .map(|p| resolve(path, p))
+            .collect(),
+        dependencies,
     })
 }
 

@@ -25,7 +25,7 @@ pub(super) fn spec_image_of(
     // Dependencies first (each dependency has a smaller index), the spec itself last.
     let order: Vec<&Built> = b.closure.iter().map(|&d| &built[d]).chain([b]).collect();
     let mut others: Vec<&Node> = b
-        .closure
+        .nodes
         .iter()
         .map(|&d| &built[d].node)
         .chain([glibc])
@@ -69,8 +69,8 @@ pub(super) fn spec_image_of(
             .collect(),
         annotations: annotate.then(|| ManifestAnnotations {
             description: format!(
-                "{}@={} build_system=generic arch=linux-debian12-x86_64",
-                b.node.name, b.node.version
+                "{}@={} build_system=generic arch=linux-{}-{}",
+                b.node.name, b.node.version, b.node.arch.platform_os, b.node.arch.target
             ),
         }),
     };

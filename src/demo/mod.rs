@@ -50,7 +50,7 @@ const BINARY_DISTRIBUTION: &str = "buildpath: /opt/spack\nhash_to_prefix: {}\nre
 const GZIP_LEVEL: u32 = 1;
 
 /// One spec to generate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SpecDef {
     /// `[A-Za-z0-9_.-]`, starting with a letter or digit.
     pub name: String,
@@ -60,6 +60,17 @@ pub struct SpecDef {
     pub deps: Vec<usize>,
     /// Size of the incompressible `lib/payload.bin` in the tarball.
     pub payload_bytes: usize,
+    /// Indices of earlier `SpecDef`s this spec depends on to build only (a compiler): they
+    /// are among its nodes, but neither in its link closure nor in its image's layers.
+    pub build_deps: Vec<usize>,
+    /// The virtuals it provides on the edges of its dependents (`["c", "cxx"]` for a compiler).
+    pub virtuals: Vec<String>,
+    /// `arch.target` and `arch.platform_os`; empty: `x86_64` and `debian12`, as in the fixture.
+    pub target: String,
+    pub os: String,
+    /// Ship the tarball of this earlier spec instead of its own (two specs sharing one
+    /// tarball blob, as rebuilt specs can).
+    pub same_tarball_as: Option<usize>,
 }
 
 /// How to generate.
@@ -138,8 +149,8 @@ pub fn sample(count: usize, payload_bytes: usize) -> Vec<SpecDef> {
                 return SpecDef {
                     name: "gcc-runtime".to_owned(),
                     version: "12.2.0".to_owned(),
-                    deps: Vec::new(),
                     payload_bytes,
+                    ..SpecDef::default()
                 };
             }
             let mut deps = BTreeSet::from([0]);
@@ -154,6 +165,7 @@ pub fn sample(count: usize, payload_bytes: usize) -> Vec<SpecDef> {
                 version: format!("1.{}", i % 4),
                 deps: deps.into_iter().collect(),
                 payload_bytes,
+                ..SpecDef::default()
             }
         })
         .collect()
@@ -205,8 +217,14 @@ pub fn generate(defs: &[SpecDef], opts: &Options) -> Cache {
         .zip(defs)
         .map(|(p, d)| (&p.node, d.payload_bytes))
         .collect();
-    let tarballs = tarball::parallel_tarballs(opts.seed, &jobs);
+    let mut tarballs = tarball::parallel_tarballs(opts.seed, &jobs);
     drop(jobs);
+    for (i, def) in defs.iter().enumerate() {
+        if let Some(j) = def.same_tarball_as {
+            assert!(j < i, "spec {i} ({}) shares the tarball of {j}, which is not an earlier spec", def.name);
+            tarballs[i] = tarballs[j].clone();
+        }
+    }
 
     let mut blobs = BTreeMap::new();
     let mut built: Vec<Built> = Vec::with_capacity(defs.len());
@@ -216,6 +234,7 @@ pub fn generate(defs: &[SpecDef], opts: &Options) -> Cache {
             node: p.node,
             tag: p.tag,
             closure: p.closure,
+            nodes: p.nodes,
             tarball: layer.digest.clone(),
             tarball_size: len_u64(&layer.data),
             diff_id,
@@ -280,6 +299,11 @@ struct Planned {
     node: Node,
     tag: String,
     closure: BTreeSet<usize>,
+    /// Every spec among its nodes besides itself: the link closure, build dependencies and
+    /// everything they depend on.
+    nodes: BTreeSet<usize>,
+    /// What it provides on its dependents' edges.
+    virtuals: Vec<String>,
 }
 
 struct Built {
@@ -287,6 +311,8 @@ struct Built {
     tag: String,
     /// Transitive link dependencies (indices), excluding the spec itself and externals.
     closure: BTreeSet<usize>,
+    /// The specs among its nodes (see `Planned::nodes`).
+    nodes: BTreeSet<usize>,
     tarball: Digest,
     tarball_size: u64,
     diff_id: Digest,

@@ -117,8 +117,8 @@ impl Node {
             version: version.to_owned(),
             arch: Arch {
                 platform: "linux",
-                platform_os: "debian12",
-                target: "x86_64",
+                platform_os: "debian12".to_owned(),
+                target: "x86_64".to_owned(),
             },
             namespace: "builtin",
             parameters: Parameters {
@@ -144,8 +144,8 @@ impl Node {
 #[derive(Serialize)]
 pub(super) struct Arch {
     pub(super) platform: &'static str,
-    pub(super) platform_os: &'static str,
-    pub(super) target: &'static str,
+    pub(super) platform_os: String,
+    pub(super) target: String,
 }
 
 #[derive(Serialize)]
@@ -182,13 +182,14 @@ pub(super) struct DepEdge {
 }
 
 impl DepEdge {
-    pub(super) fn link(name: &str, hash: &str, virtuals: &'static [&'static str]) -> Self {
+    /// An edge to `to` of the given types, on which it provides `virtuals`.
+    pub(super) fn new(to: &Node, deptypes: &[&'static str], virtuals: &[String]) -> Self {
         Self {
-            name: name.to_owned(),
-            hash: hash.to_owned(),
+            name: to.name.clone(),
+            hash: to.hash.clone(),
             parameters: DepParameters {
-                deptypes: &["link"],
-                virtuals,
+                deptypes: deptypes.to_vec(),
+                virtuals: virtuals.to_vec(),
             },
         }
     }
@@ -196,8 +197,8 @@ impl DepEdge {
 
 #[derive(Serialize)]
 pub(super) struct DepParameters {
-    pub(super) deptypes: &'static [&'static str],
-    pub(super) virtuals: &'static [&'static str],
+    pub(super) deptypes: Vec<&'static str>,
+    pub(super) virtuals: Vec<String>,
 }
 
 #[derive(Serialize)]

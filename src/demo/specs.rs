@@ -15,36 +15,74 @@ pub(super) fn plan_spec(def: &SpecDef, planned: &[Planned], glibc: &Node, seed: 
     check_word("name", &def.name);
     check_word("version", &def.version);
     let direct: BTreeSet<usize> = def.deps.iter().copied().collect();
+    let build: BTreeSet<usize> = def.build_deps.iter().copied().collect();
     let mut closure = BTreeSet::new();
-    for &d in &direct {
+    let mut nodes = BTreeSet::new();
+    for &d in direct.iter().chain(&build) {
         assert!(
             d < planned.len(),
             "spec {} ({}) depends on {d}, which is not an earlier spec",
             planned.len(),
             def.name
         );
+        nodes.insert(d);
+        nodes.extend(planned[d].nodes.iter().copied());
+    }
+    for &d in &direct {
         closure.insert(d);
         closure.extend(planned[d].closure.iter().copied());
     }
+    // Build dependencies and a non-default arch join the hash only when there are any, so
+    // that the specs of earlier defaults keep their hashes.
+    let extra = def
+        .build_deps
+        .iter()
+        .map(|&d| format!("build:{}", planned[d].node.hash))
+        .chain((!def.target.is_empty()).then(|| format!("target:{}", def.target)))
+        .chain((!def.os.is_empty()).then(|| format!("os:{}", def.os)));
     let hash = dag_hash(
         seed,
         def,
-        direct.iter().map(|&d| planned[d].node.hash.as_str()),
+        direct
+            .iter()
+            .map(|&d| planned[d].node.hash.clone())
+            .chain(extra),
     );
     let tag = format!("{}-{}-{hash}.spack", def.name, def.version);
     assert!(tag.len() <= 128, "tag {tag} is longer than 128 characters");
 
     let mut dependencies: Vec<DepEdge> = direct
         .iter()
-        .map(|&d| DepEdge::link(&planned[d].node.name, &planned[d].node.hash, &[]))
+        .map(|&d| {
+            let kinds: &[&str] = if build.contains(&d) { &["build", "link"] } else { &["link"] };
+            DepEdge::new(&planned[d].node, kinds, &planned[d].virtuals)
+        })
+        .chain(
+            build
+                .iter()
+                .filter(|d| !direct.contains(d))
+                .map(|&d| DepEdge::new(&planned[d].node, &["build"], &planned[d].virtuals)),
+        )
         .collect();
-    dependencies.push(DepEdge::link(&glibc.name, &glibc.hash, &["libc"]));
+    dependencies.push(DepEdge::new(glibc, &["link"], &["libc".to_owned()]));
     dependencies.sort_by(|a, b| (&a.name, &a.hash).cmp(&(&b.name, &b.hash)));
-    let node = Node {
+    let mut node = Node {
         dependencies,
         ..Node::new(&def.name, &def.version, "generic", hash)
     };
-    Planned { node, tag, closure }
+    if !def.target.is_empty() {
+        node.arch.target.clone_from(&def.target);
+    }
+    if !def.os.is_empty() {
+        node.arch.platform_os.clone_from(&def.os);
+    }
+    Planned {
+        node,
+        tag,
+        closure,
+        nodes,
+        virtuals: def.virtuals.clone(),
+    }
 }
 
 /// The external `glibc` node, as in the fixture.
@@ -72,7 +110,7 @@ fn check_word(what: &str, s: &str) {
 }
 
 /// The DAG hash: 32 base32 chars of sha256(seed, name, version, direct deps' hashes).
-fn dag_hash<'a>(seed: u64, def: &SpecDef, dep_hashes: impl Iterator<Item = &'a str>) -> String {
+fn dag_hash(seed: u64, def: &SpecDef, dep_hashes: impl Iterator<Item = String>) -> String {
     let mut h = sha2::Sha256::new();
     h.update(b"spack-mirrord demo dag hash\0");
     h.update(seed.to_le_bytes());

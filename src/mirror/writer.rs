@@ -160,6 +160,45 @@ impl Mirror {
             })?
     }
 
+    /// Removes the directory `rel` under the root if it is empty; returns whether it did. A
+    /// directory with anything in it, or none at all, is left alone.
+    pub async fn remove_empty_dir(&self, rel: &str) -> Result<bool, Error> {
+        if self.staging.is_none() {
+            return Err(Error::ReadOnly {
+                root: self.root.clone(),
+            });
+        }
+        let mirror = self.clone();
+        let owned = rel.to_owned();
+        tokio::task::spawn_blocking(move || mirror.remove_dir_blocking(&owned))
+            .await
+            .map_err(|e| Error::Write {
+                path: self.root.join(rel),
+                source: io::Error::other(e),
+            })?
+    }
+
+    fn remove_dir_blocking(&self, rel: &str) -> Result<bool, Error> {
+        let (parent, name) = self.split(rel)?;
+        let dir = match tree::open_dir(&self.root, parent, false).map_err(Failed::write)? {
+            Opened::Dir(fd) => fd,
+            Opened::Missing => return Ok(false),
+            Opened::Symlink(link) => {
+                return Err(Error::SymlinkInPath {
+                    path: self.root.join(link),
+                });
+            }
+        };
+        match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::REMOVEDIR) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => Ok(false),
+            Err(e) => Err(Error::Write {
+                path: self.root.join(rel),
+                source: e.into(),
+            }),
+        }
+    }
+
     fn remove_blocking(&self, rel: &str) -> Result<(), Error> {
         let (parent, name) = self.split(rel)?;
         let dir = match tree::open_dir(&self.root, parent, false).map_err(Failed::write)? {

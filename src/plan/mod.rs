@@ -8,8 +8,10 @@ use std::hash::BuildHasher;
 use crate::model::{Digest, IndexEntry, KnownTag, Tag};
 use crate::spack::{self, TagKind};
 
+mod prune;
 mod space;
 
+pub use prune::{PrunePlan, Unwanted, plan_prune, protect_requires, pruned_files};
 pub use space::{
     BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit, on_disk,
     space_margin,

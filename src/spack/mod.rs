@@ -30,7 +30,7 @@ pub use image::{
 pub use index::{
     IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
 };
-pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename};
+pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename, tag_hash};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,
     MEDIA_TARBALL, ManifestRecord, blob_path, index_manifest, index_record, parse_v3_manifest,

@@ -39,6 +39,15 @@ pub fn classify_tag(tag: &Tag) -> TagKind {
     }
 }
 
+/// The dag hash a spec tag ends in (`…-<hash>.spack`), also for tags Spack shortened to 128
+/// characters, which keep their last 64. `None` when the tag ends otherwise.
+pub fn tag_hash(tag: &Tag) -> Option<&str> {
+    let stem = tag.as_str().strip_suffix(".spack")?;
+    let start = stem.len().checked_sub(32)?;
+    let hash = stem.get(start..)?;
+    (stem[..start].ends_with('-') && is_dag_hash(hash)).then_some(hash)
+}
+
 /// Spack's `ensure_valid_tag(f"{name}-{version}-{hash}.spack")`: every character other than
 /// `[A-Za-z0-9_.-]` becomes `_` (Python's `\w` would keep non-ASCII letters, but such a tag is
 /// not a valid OCI tag, so they are replaced here too); a result longer than 128 characters
@@ -149,6 +158,18 @@ mod tests {
         // exactly 128 is kept whole
         let name = "n".repeat(128 - format!("-1.0-{h}.spack").len());
         assert_eq!(oci_tag(&name, "1.0", h), format!("{name}-1.0-{h}.spack"));
+    }
+
+    #[test]
+    fn the_hash_is_read_from_the_end_of_a_spec_tag() {
+        let h = "k74zoyllofwdoa6iysy5sr66ylwzq7kt";
+        let hash = |t: &str| tag_hash(&t.parse().unwrap()).map(str::to_owned);
+        assert_eq!(hash(&format!("tinylib-1.0-{h}.spack")).as_deref(), Some(h));
+        assert_eq!(hash(&oci_tag(&"n".repeat(100), "1.0", h)).as_deref(), Some(h));
+        assert_eq!(hash("zlib-1.0-abc.spack"), None);
+        assert_eq!(hash(&format!("x{h}.spack")), None);
+        assert_eq!(hash(&format!("x-{}.spack", h.to_uppercase())), None);
+        assert_eq!(hash(&format!("x-{h}")), None);
     }
 
     #[test]

@@ -198,6 +198,21 @@ impl Store {
         Ok(Some(Self { conn }))
     }
 
+    /// A private in-memory copy of the ledger (an empty one when there is none yet), for a
+    /// dry run: it is planned and recorded like a run, and the real ledger never changes.
+    pub fn snapshot(state_dir: &Path) -> Result<Self, Error> {
+        let mut conn = Connection::open_in_memory()?;
+        if let Some(real) = Self::open_read_only(state_dir)? {
+            rusqlite::backup::Backup::new(&real.conn, &mut conn)?.run_to_completion(
+                256,
+                Duration::ZERO,
+                None,
+            )?;
+        }
+        migrate::migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
     /// An in-memory ledger, for tests.
     pub fn open_in_memory() -> Result<Self, Error> {
         let mut conn = Connection::open_in_memory()?;

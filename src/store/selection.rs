@@ -52,8 +52,7 @@ impl Store {
         };
         let mut out = HashMap::new();
         {
-            let mut set =
-                tx.prepare("UPDATE specs SET unwanted_since = ?2 WHERE hash = ?1")?;
+            let mut set = tx.prepare("UPDATE specs SET unwanted_since = ?2 WHERE hash = ?1")?;
             for (hash, since) in rows {
                 match (wanted.contains(&hash), since) {
                     (true, None) => {}
@@ -126,9 +125,15 @@ mod tests {
         spec(&mut s, "a");
         spec(&mut s, "b");
         let wanted: HashSet<String> = ["a".to_owned()].into();
-        assert_eq!(s.mark_unwanted(&wanted, 100).unwrap(), [("b".to_owned(), 100)].into());
+        assert_eq!(
+            s.mark_unwanted(&wanted, 100).unwrap(),
+            [("b".to_owned(), 100)].into()
+        );
         // A later run keeps the first time.
-        assert_eq!(s.mark_unwanted(&wanted, 200).unwrap(), [("b".to_owned(), 100)].into());
+        assert_eq!(
+            s.mark_unwanted(&wanted, 200).unwrap(),
+            [("b".to_owned(), 100)].into()
+        );
         assert_eq!(s.unwanted().unwrap(), [("b".to_owned(), 100)].into());
         let both: HashSet<String> = ["a".to_owned(), "b".to_owned()].into();
         assert!(s.mark_unwanted(&both, 300).unwrap().is_empty());

@@ -176,6 +176,16 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// Counts what the mirror serves at the end of the run: run-wide, and per source the
+    /// served specs it lists.
+    pub(super) fn count_mirrored(&mut self, served: &std::collections::BTreeSet<String>) {
+        self.counts.specs_mirrored = served.len() as u64;
+        for src in &mut self.sources {
+            let listed: HashSet<&str> = src.listed.iter().filter_map(|(_, h)| h.as_deref()).collect();
+            src.counts.specs_mirrored = listed.iter().filter(|h| served.contains(**h)).count() as u64;
+        }
+    }
+
     /// The reasons of the sources that could not be read, on one line.
     pub(super) fn source_errors(&self) -> Option<String> {
         let errors: Vec<String> = self

@@ -15,18 +15,23 @@
 //! `verify --repair` removes before its sync) live in the `inspect` submodule.
 
 mod download;
+mod dry_run;
 mod inspect;
 mod ledger;
+mod prune;
 mod publish;
+mod select;
 mod source;
 mod space;
 
 pub use download::BlobError;
+pub use dry_run::{DryProblem, DryRun, DrySource, DrySpec, DryUnwanted, dry_run};
 pub use inspect::{discard, inspect};
+pub use select::SelectionError;
 pub use source::ListingError;
 pub use space::{MAX_DECLARED_BYTES, Stop};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,7 +46,7 @@ use crate::mirror::Mirror;
 use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
 use crate::registry::RegistryClient;
 use crate::spack::{SpecConfig, SpecImage};
-use crate::store::{self, FileRow, Store};
+use crate::store::{self, FileRow, SpecRow, Store};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -97,6 +102,13 @@ struct SourceState {
     error: Option<String>,
     /// Whether it lists an `index.spack` tag.
     has_index: bool,
+    /// Its spec tags, each with the dag hash it names (when the tag or the ledger tells).
+    listed: Vec<(Tag, Option<String>)>,
+    /// Of `listed`, those new, changed or with files missing: fetched if selected.
+    to_fetch: Vec<Tag>,
+    /// Whether its `index.spack` was looked at in this run, and its blob if it was fetched.
+    index_checked: bool,
+    index_blob: Option<Vec<u8>>,
 }
 
 #[expect(
@@ -116,6 +128,11 @@ struct Run<'a> {
     progress: Option<watch::Sender<Progress>>,
     /// Downloads this run set out to make (their `.partial` files are this run's).
     jobs: Vec<Digest>,
+    /// Every spec some source wants mirrored (selected, or needed by a selected one), once
+    /// the selection is applied.
+    wanted: Option<HashSet<String>>,
+    /// A dry run: plans, writes nothing under the root, records into a copy of the ledger.
+    dry_run: bool,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -174,6 +191,8 @@ async fn run_in_span(
         cancel,
         progress: opts.progress.clone(),
         jobs: Vec::new(),
+        wanted: None,
+        dry_run: false,
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
         Ok(r) => r,
@@ -201,6 +220,11 @@ async fn run_in_span(
 /// The mirror and one registry client per source; a failure here fails the run.
 fn open(config: &Config) -> Result<(Mirror, Vec<SourceState>), Failure> {
     let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
+    Ok((mirror, open_sources(config)?))
+}
+
+/// One registry client per source.
+fn open_sources(config: &Config) -> Result<Vec<SourceState>, Failure> {
     let mut sources = Vec::new();
     for source in &config.sources {
         let registry =
@@ -212,9 +236,13 @@ fn open(config: &Config) -> Result<(Mirror, Vec<SourceState>), Failure> {
             counts: RunCounts::default(),
             error: None,
             has_index: false,
+            listed: Vec::new(),
+            to_fetch: Vec::new(),
+            index_checked: false,
+            index_blob: None,
         });
     }
-    Ok((mirror, sources))
+    Ok(sources)
 }
 
 /// Records the run's end; `error` is the message for the ledger.
@@ -277,12 +305,27 @@ impl Run<'_> {
     async fn execute(&mut self, full: bool) -> Result<(), Failure> {
         self.reconcile_partials()?;
         let intact = self.intact_specs()?;
-        let candidates = self.read_sources(full, &intact).await?;
+        self.read_sources(full, &intact).await?;
         if self.cancel.is_cancelled() || !self.has_spack_sources() {
             // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.
             return Ok(());
         }
+        let candidates = self.select_and_fetch(&intact).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
         let candidates = self.one_per_spec(candidates)?;
-        self.publish(candidates, &intact).await
+        let prune = self.plan_pruning(&candidates)?;
+        let gone: HashSet<&str> = prune.remove.iter().map(|u| u.hash.as_str()).collect();
+        let kept: Vec<SpecRow> = intact
+            .into_iter()
+            .filter(|s| !gone.contains(s.hash.as_str()))
+            .collect();
+        drop(gone);
+        self.publish(candidates, &kept).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        self.prune(&prune).await
     }
 }

@@ -61,6 +61,7 @@ impl Run<'_> {
             specs.insert(hash, (json, entry(name, version)));
         }
         let installable = spack::installable(&requires);
+        self.count_mirrored(&installable);
         self.write_spec_manifests(&ready, &installable).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
@@ -263,7 +264,17 @@ impl Run<'_> {
     /// Refreshes what the ledger knows of the registry's `index.spack` when its manifest
     /// changed; returns the blob bytes when they were fetched in this run. An index that
     /// cannot be read is logged and the mirror's own is synthesized.
-    async fn refresh_registry_index(&mut self, src: usize) -> Result<Option<Vec<u8>>, Failure> {
+    pub(super) async fn refresh_registry_index(&mut self, src: usize) -> Result<(), Failure> {
+        if std::mem::replace(&mut self.sources[src].index_checked, true) {
+            return Ok(());
+        }
+        self.sources[src].index_blob = self.fetch_registry_index(src).await?;
+        Ok(())
+    }
+
+    /// [`Self::refresh_registry_index`] itself. When the blob was fetched, the facts of every
+    /// node it records are kept for selection.
+    async fn fetch_registry_index(&mut self, src: usize) -> Result<Option<Vec<u8>>, Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
         let (manifest, digest) = match registry.fetch_manifest(spack::INDEX_TAG).await {
@@ -303,6 +314,15 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
+        match spack::index_facts(&blob) {
+            Ok(nodes) => self
+                .store
+                .put_facts(nodes.iter().map(|f| (f.hash.as_str(), f.to_json())))?,
+            Err(e) => tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "registry index records no usable spec facts; selection reads configs"
+            ),
+        }
         let (db_version, in_buildcache, problem) = match spack::index_summary(&blob) {
             Ok(s) => (Some(s.db_version), s.in_buildcache, None),
             Err(e) => (
@@ -339,7 +359,10 @@ impl Run<'_> {
             && self.sources[0].has_index)
             .then_some(0);
         let fetched = match single {
-            Some(src) => self.refresh_registry_index(src).await?,
+            Some(src) => {
+                self.refresh_registry_index(src).await?;
+                self.sources[src].index_blob.take()
+            }
             None => None,
         };
         let registry_index = match single {

@@ -424,6 +424,7 @@ fn when_not_everything_fits_the_specs_that_fit_are_published_with_their_dependen
         version: "1.0".to_owned(),
         deps: deps.to_vec(),
         payload_bytes,
+        ..demo::SpecDef::default()
     };
     // "big" alone is more than the filesystem's free space; "app" needs it.
     let defs = [

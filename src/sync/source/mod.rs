@@ -9,7 +9,7 @@
 mod oras_files;
 mod spack_oci;
 
-use super::{Candidate, Run, Stop};
+use super::{Run, Stop};
 use crate::config::Layout;
 use crate::error::{Failure, Scope};
 use crate::store::SpecRow;
@@ -27,37 +27,54 @@ pub enum ListingError {
 }
 
 impl Run<'_> {
-    /// Reads every source in turn; returns the spec candidates of the Spack sources.
+    /// Reads every source in turn: a Spack source's tags are listed and sorted (what is
+    /// fetched is the selection's decision), an `oras-files` source is mirrored whole. In a
+    /// dry run `oras-files` sources are passed over: their backend publishes as it reads.
     pub(in crate::sync) async fn read_sources(
         &mut self,
         full: bool,
         intact: &[SpecRow],
-    ) -> Result<Vec<Candidate>, Failure> {
-        let mut candidates = Vec::new();
+    ) -> Result<(), Failure> {
         for src in 0..self.sources.len() {
             if self.cancel.is_cancelled() {
-                return Ok(candidates);
+                return Ok(());
             }
-            match self.read_source(src, full, intact).await {
-                Ok(c) => candidates.extend(c),
-                Err(f) if f.scope == Scope::Run => return Err(f),
-                Err(f) => {
-                    let msg = crate::diagnostic::error_chain(&f);
-                    let source = &mut self.sources[src];
-                    tracing::error!(
-                        source = %source.config.name,
-                        url = %source.config.repo,
-                        error = &f as &dyn std::error::Error,
-                        "source failed; the others go on"
-                    );
-                    source.error = Some(msg);
-                }
+            if self.dry_run && self.sources[src].config.layout == Layout::OrasFiles {
+                tracing::info!(source = %self.sources[src].config.name, "oras-files source not planned by a dry run");
+                continue;
             }
+            let r = self.read_source(src, full, intact).await;
+            self.source_result(src, r)?;
         }
         if self.sources.iter().all(|s| s.error.is_some()) {
             return Err(Stop::AllSources(self.source_errors().unwrap_or_default()).into());
         }
-        Ok(candidates)
+        Ok(())
+    }
+
+    /// Records a source-scoped failure as the source's error (the others go on); a run-scoped
+    /// one ends the run. Returns whether the source is still fine.
+    pub(in crate::sync) fn source_result<T>(
+        &mut self,
+        src: usize,
+        r: Result<T, Failure>,
+    ) -> Result<Option<T>, Failure> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(f) if f.scope == Scope::Run => Err(f),
+            Err(f) => {
+                let msg = crate::diagnostic::error_chain(&f);
+                let source = &mut self.sources[src];
+                tracing::error!(
+                    source = %source.config.name,
+                    url = %source.config.repo,
+                    error = &f as &dyn std::error::Error,
+                    "source failed; the others go on"
+                );
+                source.error = Some(msg);
+                Ok(None)
+            }
+        }
     }
 
     /// One source, by its layout. Any failure that escapes is at least the source's.
@@ -66,10 +83,17 @@ impl Run<'_> {
         src: usize,
         full: bool,
         intact: &[SpecRow],
-    ) -> Result<Vec<Candidate>, Failure> {
+    ) -> Result<(), Failure> {
         let read = match self.sources[src].config.layout {
             Layout::SpackOci => self.read_spack_oci(src, full, intact).await,
-            Layout::OrasFiles => self.read_oras_files(src, full).await.map(|()| Vec::new()),
+            Layout::OrasFiles => {
+                let r = self.read_oras_files(src, full).await;
+                // An oras-files source is mirrored whole: all it lists is selected.
+                let listed = self.sources[src].counts.specs_total;
+                self.sources[src].counts.specs_selected = listed;
+                self.counts.specs_selected += listed;
+                r
+            }
         };
         read.map_err(|mut f| {
             f.scope = f.scope.max(Scope::Source);

@@ -26,13 +26,15 @@ enum Fetched {
 }
 
 impl Run<'_> {
-    /// Lists one source's tags and fetches the manifests and configs of what is new.
+    /// Lists one source's tags and sorts them against the ledger: which spec tags it has
+    /// (with the hash each names) and which of them are new or changed. What of them is
+    /// fetched is decided mirror-wide, by the selection (`sync::select`).
     pub(super) async fn read_spack_oci(
         &mut self,
         src: usize,
         full: bool,
         intact: &[SpecRow],
-    ) -> Result<Vec<Candidate>, Failure> {
+    ) -> Result<(), Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
         registry.authenticate().await.map_err(Failure::source)?;
@@ -40,22 +42,34 @@ impl Run<'_> {
         // A known tag costs no request when the spec it names is intact in the mirror,
         // whichever source published it.
         let intact_hashes: HashSet<&str> = intact.iter().map(|s| s.hash.as_str()).collect();
-        let intact_tags: HashSet<String> = self
-            .store
-            .known_tags(&name)?
-            .into_iter()
+        let known = self.store.known_tags(&name)?;
+        let intact_tags: HashSet<String> = known
+            .iter()
             .filter(|(_, k)| {
                 k.spec_hash
                     .as_deref()
                     .is_some_and(|h| intact_hashes.contains(h))
             })
-            .map(|(tag, _)| tag)
+            .map(|(tag, _)| tag.clone())
             .collect();
         let mut plan = self.plan_tags(src, &remote, &intact_tags, full)?;
         self.sources[src].has_index = plan.has_index;
         let changed = self.recheck(src, std::mem::take(&mut plan.recheck)).await?;
         plan.fetch.extend(changed);
-        self.fetch_specs(src, plan.fetch).await
+        // The hash a tag names: the ledger's, once its config was read, else the tag's own.
+        self.sources[src].listed = plan
+            .spec_tags
+            .into_iter()
+            .map(|t| {
+                let hash = known
+                    .get(t.as_str())
+                    .and_then(|k| k.spec_hash.clone())
+                    .or_else(|| spack::tag_hash(&t).map(str::to_owned));
+                (t, hash)
+            })
+            .collect();
+        self.sources[src].to_fetch = plan.fetch;
+        Ok(())
     }
 
     /// Sorts the listed tags against the ledger and records what was seen.
@@ -69,6 +83,7 @@ impl Run<'_> {
         let name = self.sources[src].config.name.clone();
         let known = self.store.known_tags(&name)?;
         let plan = plan::plan_sync(remote, &known, intact_tags, full);
+        drop(known);
         self.counts.specs_total += plan.spec_tags.len() as u64;
         self.sources[src].counts.specs_total = plan.spec_tags.len() as u64;
         let specs_total = self.counts.specs_total;
@@ -136,7 +151,7 @@ impl Run<'_> {
     }
 
     /// Manifests and configs of the tags to fetch, checked against each other.
-    async fn fetch_specs(&mut self, src: usize, tags: Vec<Tag>) -> Result<Vec<Candidate>, Failure> {
+    pub(in crate::sync) async fn fetch_specs(&mut self, src: usize, tags: Vec<Tag>) -> Result<Vec<Candidate>, Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let mut results = futures_util::stream::iter(tags)
             .map(move |tag| {
