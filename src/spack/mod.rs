@@ -24,6 +24,7 @@ mod tests;
 
 pub use crate::oci::Descriptor;
 pub use dag::installable;
+pub use facts::{index_facts, spec_facts};
 pub use image::{
     ConfigVerdict, SpecConfig, SpecImage, check_spec_image, parse_config, parse_image_manifest,
 };
