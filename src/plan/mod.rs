@@ -8,8 +8,10 @@ use std::hash::BuildHasher;
 use crate::model::{Digest, IndexEntry, KnownTag, Tag};
 use crate::spack::{self, TagKind};
 
+mod select;
 mod space;
 
+pub use select::{Closure, Dependencies, closure};
 pub use space::{
     BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit, on_disk,
     space_margin,
