@@ -9,9 +9,11 @@ use crate::model::{Digest, IndexEntry, KnownTag, Tag};
 use crate::spack::{self, TagKind};
 
 mod prune;
+mod select;
 mod space;
 
 pub use prune::{PrunePlan, Unwanted, plan_prune, protect_requires, pruned_files};
+pub use select::{Closure, Dependencies, closure};
 pub use space::{
     BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit, on_disk,
     space_margin,

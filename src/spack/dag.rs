@@ -11,6 +11,7 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use super::Error;
+use super::facts::DepKinds;
 
 #[derive(Deserialize)]
 struct SpecNodes<'a> {
@@ -22,6 +23,7 @@ struct SpecNodes<'a> {
 #[derive(Deserialize)]
 pub(super) struct Node {
     pub name: String,
+    #[serde(default, deserialize_with = "version_text")]
     pub version: Option<String>,
     pub arch: Option<Arch>,
     pub hash: String,
@@ -44,8 +46,24 @@ pub(super) enum Target {
     Object { name: String },
 }
 
+/// A version as text: Spack writes a string; old spec files may hold a bare number
+/// (`"version": 1.2`), which is kept as JSON prints it.
+fn version_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|v| match v {
+        Text::Text(s) => s,
+        Text::Number(n) => n.to_string(),
+    }))
+}
+
 #[derive(Deserialize)]
 pub(super) struct Dep {
+    pub name: Option<String>,
     pub hash: String,
     parameters: Option<DepParameters>,
     /// Spec format ≤ 3 spelled the dependency types so.
@@ -55,17 +73,43 @@ pub(super) struct Dep {
 
 #[derive(Deserialize)]
 struct DepParameters {
+    deptypes: Option<Vec<String>>,
     #[serde(default)]
-    deptypes: Vec<String>,
+    virtuals: Vec<String>,
 }
 
 impl Dep {
-    fn is_link_or_run(&self) -> bool {
+    /// The edge's dependency types as listed (`parameters.deptypes`, else the older `type`);
+    /// `None` when the edge names none.
+    pub fn deptypes(&self) -> Option<&[String]> {
         self.parameters
             .as_ref()
-            .map(|p| &p.deptypes)
-            .or(self.deptypes.as_ref())
-            .is_some_and(|t| t.iter().any(|t| t == "link" || t == "run"))
+            .and_then(|p| p.deptypes.as_deref())
+            .or(self.deptypes.as_deref())
+    }
+
+    /// The kinds of the edge; names Spack does not define are ignored.
+    pub fn kinds(&self) -> DepKinds {
+        let mut kinds = DepKinds::default();
+        for t in self.deptypes().unwrap_or_default() {
+            match t.as_str() {
+                "build" => kinds.build = true,
+                "link" => kinds.link = true,
+                "run" => kinds.run = true,
+                "test" => kinds.test = true,
+                _ => {}
+            }
+        }
+        kinds
+    }
+
+    /// The virtuals the dependency provides on this edge (none in spec format ≤ 3).
+    pub fn virtuals(&self) -> &[String] {
+        self.parameters.as_ref().map_or(&[], |p| &p.virtuals)
+    }
+
+    fn is_link_or_run(&self) -> bool {
+        self.kinds().is_link_or_run()
     }
 }
 

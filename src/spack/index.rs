@@ -132,6 +132,10 @@ pub enum IndexProblem {
     Version,
     #[error("its record of {hash} has no {field}")]
     Incomplete { hash: String, field: &'static str },
+    #[error("its database version is {0:?}, not \"8\"")]
+    UnsupportedVersion(String),
+    #[error("its record of {hash:?} is malformed: {reason}")]
+    Record { hash: String, reason: String },
 }
 
 /// Reads an index blob: what it lists as in the build cache, with names and versions.

@@ -15,6 +15,7 @@ mod dag;
 pub mod facts;
 mod image;
 mod index;
+mod lockfile;
 mod tag;
 pub mod v3;
 
@@ -24,12 +25,14 @@ mod tests;
 
 pub use crate::oci::Descriptor;
 pub use dag::installable;
+pub use facts::{index_facts, spec_facts};
 pub use image::{
     ConfigVerdict, SpecConfig, SpecImage, check_spec_image, parse_config, parse_image_manifest,
 };
 pub use index::{
     IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
 };
+pub use lockfile::{LockRoot, Lockfile, LockfileError, parse_lockfile};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename, tag_hash};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,
