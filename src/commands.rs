@@ -329,7 +329,11 @@ fn dry_run_text(plan: &sync::DryRun) -> String {
         }
     }
     for p in &plan.problems {
-        let _ = writeln!(out, "problem ({}) {} {}: {}", p.kind, p.source, p.tag, p.message);
+        let _ = writeln!(
+            out,
+            "problem ({}) {} {}: {}",
+            p.kind, p.source, p.tag, p.message
+        );
     }
     out
 }

@@ -355,6 +355,7 @@ fn validate_source(
             ));
         }
     };
+    let selection = validate_selection(path, key, layout, &entry)?;
     let name = entry.name.unwrap_or_else(|| repo.repository.clone());
     if name.is_empty()
         || name.len() > 128
@@ -394,7 +395,6 @@ fn validate_source(
         // Read by `load` (validate does no I/O).
         ca_pem: None,
     };
-    let selection = validate_selection(path, key, layout, &entry)?;
     let oras = validate_oras(
         path,
         key,

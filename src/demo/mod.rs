@@ -221,7 +221,11 @@ pub fn generate(defs: &[SpecDef], opts: &Options) -> Cache {
     drop(jobs);
     for (i, def) in defs.iter().enumerate() {
         if let Some(j) = def.same_tarball_as {
-            assert!(j < i, "spec {i} ({}) shares the tarball of {j}, which is not an earlier spec", def.name);
+            assert!(
+                j < i,
+                "spec {i} ({}) shares the tarball of {j}, which is not an earlier spec",
+                def.name
+            );
             tarballs[i] = tarballs[j].clone();
         }
     }

@@ -54,7 +54,11 @@ pub(super) fn plan_spec(def: &SpecDef, planned: &[Planned], glibc: &Node, seed: 
     let mut dependencies: Vec<DepEdge> = direct
         .iter()
         .map(|&d| {
-            let kinds: &[&str] = if build.contains(&d) { &["build", "link"] } else { &["link"] };
+            let kinds: &[&str] = if build.contains(&d) {
+                &["build", "link"]
+            } else {
+                &["link"]
+            };
             DepEdge::new(&planned[d].node, kinds, &planned[d].virtuals)
         })
         .chain(

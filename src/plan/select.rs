@@ -27,6 +27,14 @@ pub enum Dependencies {
 }
 
 impl Dependencies {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LinkRun => "link-run",
+            Self::All => "all",
+        }
+    }
+
     /// Whether an edge of these kinds is followed.
     pub fn follows(self, kinds: DepKinds) -> bool {
         match self {

@@ -165,7 +165,10 @@ mod tests {
         let h = "k74zoyllofwdoa6iysy5sr66ylwzq7kt";
         let hash = |t: &str| tag_hash(&t.parse().unwrap()).map(str::to_owned);
         assert_eq!(hash(&format!("tinylib-1.0-{h}.spack")).as_deref(), Some(h));
-        assert_eq!(hash(&oci_tag(&"n".repeat(100), "1.0", h)).as_deref(), Some(h));
+        assert_eq!(
+            hash(&oci_tag(&"n".repeat(100), "1.0", h)).as_deref(),
+            Some(h)
+        );
         assert_eq!(hash("zlib-1.0-abc.spack"), None);
         assert_eq!(hash(&format!("x{h}.spack")), None);
         assert_eq!(hash(&format!("x-{}.spack", h.to_uppercase())), None);

@@ -181,8 +181,13 @@ impl Run<'_> {
     pub(super) fn count_mirrored(&mut self, served: &std::collections::BTreeSet<String>) {
         self.counts.specs_mirrored = served.len() as u64;
         for src in &mut self.sources {
-            let listed: HashSet<&str> = src.listed.iter().filter_map(|(_, h)| h.as_deref()).collect();
-            src.counts.specs_mirrored = listed.iter().filter(|h| served.contains(**h)).count() as u64;
+            let listed: HashSet<&str> = src
+                .listed
+                .iter()
+                .filter_map(|(_, h)| h.as_deref())
+                .collect();
+            src.counts.specs_mirrored =
+                listed.iter().filter(|h| served.contains(**h)).count() as u64;
         }
     }
 

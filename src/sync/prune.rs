@@ -76,14 +76,13 @@ impl Run<'_> {
             .enumerate()
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
-        let mut counted: HashSet<&str> = HashSet::new();
+        let mut counted: HashSet<String> = HashSet::new();
         for spec in published.iter().filter(|s| gone.contains(&s.hash)) {
             let tarball = crate::spack::blob_path(&spec.tarball_digest);
             let spec_blob = crate::spack::blob_path(&spec.spec_digest);
-            let bytes: u64 = [spec.manifest_path.as_str(), &tarball, &spec_blob]
+            let bytes: u64 = [spec.manifest_path.clone(), tarball, spec_blob]
                 .into_iter()
-                .filter(|p| counted.insert(p))
-                .filter_map(|p| freed.get(p))
+                .filter_map(|p| freed.get(&p).copied().filter(|_| counted.insert(p)))
                 .sum();
             self.store.forget_spec(&spec.hash)?;
             self.counts.specs_pruned += 1;

@@ -55,7 +55,11 @@ impl Run<'_> {
         // The first source listing each hash is the one it is fetched from.
         let mut owner: HashMap<String, usize> = HashMap::new();
         for &s in &active {
-            for hash in self.sources[s].listed.iter().filter_map(|(_, h)| h.as_ref()) {
+            for hash in self.sources[s]
+                .listed
+                .iter()
+                .filter_map(|(_, h)| h.as_ref())
+            {
                 owner.entry(hash.clone()).or_insert(s);
             }
         }
@@ -73,7 +77,7 @@ impl Run<'_> {
         let active = self.listed_sources();
         let env_roots = self.environment_roots(&active, &early)?;
         let active = self.listed_sources();
-        let roots = self.choose_roots(&active, &env_roots, &early, &facts)?;
+        let roots = self.choose_roots(&active, &env_roots, &early, &facts);
         let available: HashSet<String> = owner.keys().cloned().collect();
         let closure = plan::closure(
             roots.iter().map(|(h, d)| (h.as_str(), *d)),
@@ -242,7 +246,8 @@ impl Run<'_> {
                 continue;
             };
             let mut learned = Vec::new();
-            let hashes: HashMap<&Tag, &String> = got.iter().map(|c| (&c.tag, &c.spec.hash)).collect();
+            let hashes: HashMap<&Tag, &String> =
+                got.iter().map(|c| (&c.tag, &c.spec.hash)).collect();
             for (t, h) in &mut self.sources[s].listed {
                 if let Some(hash) = hashes.get(t) {
                     *h = Some((*hash).clone());
@@ -274,7 +279,12 @@ impl Run<'_> {
                 .listed
                 .iter()
                 .filter_map(|(_, h)| h.clone())
-                .chain(early.iter().filter(|c| c.source == s).map(|c| c.spec.hash.clone()))
+                .chain(
+                    early
+                        .iter()
+                        .filter(|c| c.source == s)
+                        .map(|c| c.spec.hash.clone()),
+                )
                 .collect();
             for path in self.sources[s].config.selection.environments.clone() {
                 let lock = match read_environment(&path) {
@@ -310,7 +320,7 @@ impl Run<'_> {
         env_roots: &HashMap<usize, HashSet<String>>,
         early: &[Candidate],
         facts: &HashMap<String, NodeFacts>,
-    ) -> Result<Vec<(String, Dependencies)>, Failure> {
+    ) -> Vec<(String, Dependencies)> {
         let lookup = |h: &str| facts.get(h);
         let none = HashSet::new();
         let mut roots = Vec::new();
@@ -346,7 +356,7 @@ impl Run<'_> {
         }
         roots.sort();
         roots.dedup();
-        Ok(roots)
+        roots
     }
 
     /// Says once for each excluded spec that is mirrored anyway which selected spec needs it.
@@ -359,7 +369,11 @@ impl Run<'_> {
     ) {
         let lookup = |h: &str| facts.get(h);
         let roots: HashSet<&str> = roots.iter().map(|(h, _)| h.as_str()).collect();
-        for hash in closure.members.iter().filter(|h| !roots.contains(h.as_str())) {
+        for hash in closure
+            .members
+            .iter()
+            .filter(|h| !roots.contains(h.as_str()))
+        {
             let Some(f) = facts.get(hash) else { continue };
             let excluded = active.iter().any(|&s| {
                 let selection = &self.sources[s].config.selection;
@@ -370,7 +384,9 @@ impl Run<'_> {
                     .pulled_by
                     .get(hash)
                     .and_then(|h| facts.get(h))
-                    .map_or_else(String::new, |d| format!("{}@{} /{}", d.name, d.version, d.hash));
+                    .map_or_else(String::new, |d| {
+                        format!("{}@{} /{}", d.name, d.version, d.hash)
+                    });
                 tracing::info!(
                     spec = %f.name,
                     version = %f.version,
@@ -394,10 +410,11 @@ fn spec_facts_or_none(spec_json: &str) -> Vec<NodeFacts> {
 
 /// Reads and parses one lockfile.
 fn read_environment(path: &std::path::Path) -> Result<spack::Lockfile, SelectionError> {
-    let bytes = config::read_lockfile(path).map_err(|source| SelectionError::LockfileUnreadable {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes =
+        config::read_lockfile(path).map_err(|source| SelectionError::LockfileUnreadable {
+            path: path.to_owned(),
+            source,
+        })?;
     spack::parse_lockfile(&bytes).map_err(|e| SelectionError::LockfileUnusable {
         path: path.to_owned(),
         reason: error_chain(&e),

@@ -151,7 +151,11 @@ impl Run<'_> {
     }
 
     /// Manifests and configs of the tags to fetch, checked against each other.
-    pub(in crate::sync) async fn fetch_specs(&mut self, src: usize, tags: Vec<Tag>) -> Result<Vec<Candidate>, Failure> {
+    pub(in crate::sync) async fn fetch_specs(
+        &mut self,
+        src: usize,
+        tags: Vec<Tag>,
+    ) -> Result<Vec<Candidate>, Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let mut results = futures_util::stream::iter(tags)
             .map(move |tag| {
