@@ -114,3 +114,68 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
         .any(|r| !r.starts_with("bytes=0-"));
     assert!(resumed, "no interrupted download was resumed");
 }
+
+/// Pruning, killed: the sync is killed as soon as the new index (which no longer lists the
+/// unwanted specs) is in place, while their files are being removed. The mirror a reader sees
+/// stays consistent whatever was removed, and the next run finishes the removal.
+#[test]
+fn a_sync_killed_while_pruning_leaves_a_consistent_mirror_and_the_next_finishes() {
+    let reg = TestRegistry::shared();
+    let repo = "crash/prune";
+    let cache = push_generated(&reg.url(repo), 120, 200, 1002);
+    let env = Env::new(&reg.url(repo));
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let index = env.root().join("v3/manifests/index/index.manifest.json");
+    // Keep only the first spec (every other one links to it); the rest goes at once.
+    env.write_config("[prune]\nenabled = true\ngrace = \"0s\"\n");
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "[mirror]",
+        &format!("include = [\"{}\"]\n[mirror]", cache.specs[0].name),
+    );
+    std::fs::write(env.config_path(), cfg).unwrap();
+
+    let mut interrupted_midway = 0;
+    for attempt in 0..5 {
+        let before = std::fs::read(&index).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
+            .args(["--config", env.config_path().to_str().unwrap(), "sync", "--now"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let finished = loop {
+            if std::fs::read(&index).is_ok_and(|now| now != before) {
+                child.kill().unwrap();
+                break child.wait().unwrap().success();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.success();
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "attempt {attempt}: no new index");
+            std::thread::yield_now();
+        };
+        check_consistent(&env.root());
+        let manifests = files_under(&env.root().join("v3/manifests/spec")).len();
+        if finished || manifests == 1 {
+            break;
+        }
+        interrupted_midway += 1;
+    }
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_consistent(&env.root());
+    check_mirror(&env.root(), &[&cache.specs[0]]);
+    let left: Vec<String> = files_under(&env.root().join("v3/manifests/spec"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    for s in &cache.specs[1..] {
+        assert!(
+            !crate::support::mirrord::blob(&env.root(), s.tarball.hex()).exists(),
+            "{}'s tarball is left behind",
+            s.name
+        );
+    }
+    eprintln!("pruning interrupted midway in {interrupted_midway} attempt(s)");
+}
