@@ -17,6 +17,7 @@ mod image;
 mod index;
 mod tag;
 pub mod v3;
+mod version;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
@@ -36,6 +37,7 @@ pub use v3::{
     MEDIA_TARBALL, ManifestRecord, blob_path, index_manifest, index_record, parse_v3_manifest,
     spec_blob, spec_manifest, spec_manifest_path, spec_record, tarball_record,
 };
+pub use version::{Version, VersionError, VersionRange};
 
 /// Why a registry object cannot be mirrored.
 #[derive(Debug, thiserror::Error)]
