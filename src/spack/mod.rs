@@ -15,6 +15,7 @@ mod dag;
 pub mod facts;
 mod image;
 mod index;
+mod select;
 mod tag;
 pub mod v3;
 mod version;
@@ -31,6 +32,7 @@ pub use image::{
 pub use index::{
     IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
 };
+pub use select::{Selector, SelectorError, SelectorReason};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,
