@@ -2,7 +2,10 @@
 //! Spack OCI build cache holds: `tag` (which registry tags are specs, what Spack names them,
 //! which identities may become paths), `image` (a spec tag's image manifest and config blob,
 //! cross-checked), `dag` (a spec's nodes, its link/run closure, installability) and `index` (the
-//! build-cache index, Spack DB v8). The output side has one module per mirror layout, today
+//! build-cache index, Spack DB v8). Selection reads it too: `facts` (what a node says of
+//! itself and its edges, from a config or an index), `version` (Spack's version order and
+//! `@` ranges), `select` (the selectors of `include`/`exclude`) and `lockfile` (an
+//! environment's `spack.lock`). The output side has one module per mirror layout, today
 //! `v3` (paths, records, spec blobs and manifests in Spack's exact text); a `v2` would sit beside
 //! it and share the input side.
 //!
@@ -16,8 +19,10 @@ pub mod facts;
 mod image;
 mod index;
 mod lockfile;
+mod select;
 mod tag;
 pub mod v3;
+mod version;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
@@ -33,12 +38,14 @@ pub use index::{
     IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
 };
 pub use lockfile::{LockRoot, Lockfile, LockfileError, parse_lockfile};
+pub use select::{Selector, SelectorError, SelectorReason};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename, tag_hash};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,
     MEDIA_TARBALL, ManifestRecord, blob_path, index_manifest, index_record, parse_v3_manifest,
     spec_blob, spec_manifest, spec_manifest_path, spec_record, tarball_record,
 };
+pub use version::{Version, VersionError, VersionRange};
 
 /// Why a registry object cannot be mirrored.
 #[derive(Debug, thiserror::Error)]
