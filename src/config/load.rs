@@ -226,18 +226,6 @@ fn strip_one_newline(mut s: String) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_trailing_newline_is_stripped_from_passwords() {
-        assert_eq!(strip_one_newline("pw\n".to_owned()), "pw");
-        assert_eq!(strip_one_newline("pw\r\n".to_owned()), "pw");
-        assert_eq!(strip_one_newline("pw\n\n".to_owned()), "pw\n");
-    }
-}
-
 /// Largest environment lockfile read (a `spack.lock` of thousands of specs is a few MB).
 const MAX_LOCKFILE_BYTES: u64 = 256 << 20;
 
@@ -255,4 +243,16 @@ pub fn read_lockfile(path: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_trailing_newline_is_stripped_from_passwords() {
+        assert_eq!(strip_one_newline("pw\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\r\n".to_owned()), "pw");
+        assert_eq!(strip_one_newline("pw\n\n".to_owned()), "pw\n");
+    }
 }

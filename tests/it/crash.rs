@@ -139,7 +139,12 @@ fn a_sync_killed_while_pruning_leaves_a_consistent_mirror_and_the_next_finishes(
     for attempt in 0..5 {
         let before = std::fs::read(&index).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
-            .args(["--config", env.config_path().to_str().unwrap(), "sync", "--now"])
+            .args([
+                "--config",
+                env.config_path().to_str().unwrap(),
+                "sync",
+                "--now",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,7 +159,10 @@ fn a_sync_killed_while_pruning_leaves_a_consistent_mirror_and_the_next_finishes(
             if let Some(status) = child.try_wait().unwrap() {
                 break status.success();
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "attempt {attempt}: no new index");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "attempt {attempt}: no new index"
+            );
             std::thread::yield_now();
         };
         check_consistent(&env.root());

@@ -387,15 +387,14 @@ fn selection_reads_the_index_and_fetches_manifests_only_for_what_it_mirrors() {
     let env = Env::new(&front.url(repo));
     configure(&env, "include = [\"openmpi@5:\"]", "");
     synced(&env);
+    let spec_tags: BTreeSet<&str> = c.specs.iter().map(|s| s.tag.as_str()).collect();
     let spec_manifest_gets = |front: &GhcrFront| -> BTreeSet<String> {
         front
             .requests()
             .into_iter()
-            .filter(|r| {
-                r.method == "GET" && r.path.contains("/manifests/") && r.path.ends_with(".spack")
-            })
+            .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
             .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
-            .filter(|t| t != "index.spack")
+            .filter(|t| spec_tags.contains(t.as_str()))
             .collect()
     };
     let tag = |n: &str, v: &str| {
