@@ -54,6 +54,12 @@ fn the_example_config_loads_and_shows_every_default() {
     assert_eq!(c.log_level, d.log_level);
     assert_eq!(c.log_format, d.log_format);
     assert_eq!(c.run_timeout, d.run_timeout);
+    assert_eq!(c.prune, d.prune);
+    assert_eq!(
+        c.sources[0].selection.dependencies,
+        d.sources[0].selection.dependencies
+    );
+    assert!(c.sources[0].selection.is_everything());
 }
 
 #[test]
@@ -579,4 +585,93 @@ fn schema_errors_name_the_key_in_plain_words() {
     let config = config_file(dir.path(), "[sync\n");
     let err = load(&config).unwrap_err().to_string();
     assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn selection_keys_are_parsed_resolved_and_shown_by_config_check() {
+    let mut f = file("oci://ghcr.io/spack/github-actions-buildcache");
+    src(&mut f).include = vec!["openmpi@4.1:".to_owned(), "hdf5  %gcc@13:".to_owned()];
+    src(&mut f).exclude = vec!["cuda".to_owned()];
+    src(&mut f).environments = vec![PathBuf::from("envs/a/spack.lock")];
+    src(&mut f).dependencies = "all".to_owned();
+    f.prune.enabled = true;
+    f.prune.grace = "0s".to_owned();
+    let c = check(f.clone()).unwrap();
+    let sel = &c.sources[0].selection;
+    assert_eq!(sel.include.len(), 2);
+    assert_eq!(sel.dependencies, crate::plan::Dependencies::All);
+    assert_eq!(
+        sel.environments,
+        [PathBuf::from("/etc/x/envs/a/spack.lock")],
+        "relative to the config file"
+    );
+    assert!(!sel.is_everything());
+    assert_eq!(
+        c.prune,
+        Prune {
+            enabled: true,
+            grace: std::time::Duration::ZERO
+        }
+    );
+    let shown = toml::to_string(&c.effective()).unwrap();
+    assert!(
+        shown.contains(r#"include = ["openmpi@4.1:", "hdf5 %gcc@13:"]"#),
+        "{shown}"
+    );
+    assert!(shown.contains(r#"dependencies = "all""#), "{shown}");
+    assert!(
+        shown.contains("[prune]") && shown.contains("enabled = true"),
+        "{shown}"
+    );
+    // The defaults select everything and prune nothing.
+    let d = check(file("oci://ghcr.io/x/y")).unwrap();
+    assert!(d.sources[0].selection.is_everything());
+    assert!(!d.prune.enabled);
+    assert_eq!(d.prune.grace, std::time::Duration::from_secs(7 * 86400));
+
+    for (field, value, needles) in [
+        (
+            "include",
+            "hdf5 +mpi",
+            vec!["source.include[0]", "\"hdf5 +mpi\"", "\"+mpi\""],
+        ),
+        (
+            "exclude",
+            "zlib ^cmake",
+            vec!["source.exclude[0]", "\"^cmake\""],
+        ),
+        ("include", "", vec!["source.include[0]"]),
+        (
+            "include",
+            "zlib@1.4:1.2",
+            vec!["source.include[0]", "1.4:1.2"],
+        ),
+    ] {
+        let mut bad = f.clone();
+        let list = vec![value.to_owned()];
+        if field == "include" {
+            src(&mut bad).include = list;
+        } else {
+            src(&mut bad).exclude = list;
+        }
+        let err = err_of(bad);
+        for n in needles {
+            assert!(err.contains(n), "{n} in {err}");
+        }
+    }
+    let mut bad = f.clone();
+    src(&mut bad).dependencies = "build".to_owned();
+    assert!(err_of(bad).contains("source.dependencies"));
+    let mut bad = f.clone();
+    bad.prune.grace = "soon".to_owned();
+    assert!(err_of(bad).contains("prune.grace"));
+    // An oras-files source is mirrored whole.
+    let mut oras = f;
+    src(&mut oras).layout = "oras-files".to_owned();
+    src(&mut oras).repositories = vec!["build_cache/a.spack".to_owned()];
+    let err = err_of(oras);
+    assert!(
+        err.contains("source.include") && err.contains("spack-oci"),
+        "{err}"
+    );
 }

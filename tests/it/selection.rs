@@ -633,3 +633,52 @@ fn pruning_is_off_by_default_then_waits_out_the_grace_keeps_shared_and_foreign_f
     synced(&env);
     assert_eq!(served(&env), wide);
 }
+
+#[test]
+fn a_config_that_disagrees_with_the_index_fails_alone_naming_both() {
+    let reg = TestRegistry::shared();
+    let repo = "selection/liar";
+    let mut c = cache(true);
+    // The index calls cuda "cudx".
+    let index = c
+        .images
+        .iter_mut()
+        .find(|i| i.tag == "index.spack")
+        .unwrap();
+    let old = index.layers[0].clone();
+    let truth = String::from_utf8(c.blobs[&old].data.clone()).unwrap();
+    let lie = truth
+        .replace(r#""name":"cuda""#, r#""name":"cudx""#)
+        .into_bytes();
+    assert_ne!(lie, truth.as_bytes(), "the index names cuda");
+    let digest = spack_mirrord::model::Digest::of(&lie);
+    let mut manifest: Value = serde_json::from_slice(&index.manifest).unwrap();
+    manifest["layers"][0]["digest"] = json!(digest.to_string());
+    manifest["layers"][0]["size"] = json!(lie.len());
+    index.manifest = serde_json::to_vec(&manifest).unwrap();
+    index.layers[0] = digest.clone();
+    let mut layer = c.blobs.remove(&old).unwrap();
+    layer.digest = digest.clone();
+    layer.data = lie;
+    c.blobs.insert(digest, layer);
+    push(&reg.url(repo), &c);
+
+    let env = Env::new(&reg.url(repo));
+    let cuda = hash(&c, "cuda", "12.4.0").to_owned();
+    configure(
+        &env,
+        &format!("include = [\"/{}\", \"zlib@1.3\"]", &cuda[..8]),
+        "",
+    );
+    let out = env.sync();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    check_consistent(&env.root());
+    assert_eq!(served(&env), set(&["zlib@1.3.1"]), "the rest is published");
+    let problems = env.status_json()["last_run"]["problems"].to_string();
+    assert!(
+        problems.contains(&format!(
+            "the registry's index lists {cuda} as cudx@12.4.0, but its config says cuda@12.4.0"
+        )),
+        "{problems}"
+    );
+}
