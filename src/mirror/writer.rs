@@ -145,24 +145,21 @@ impl Mirror {
     /// link at `rel` is removed itself; one on the way is refused ([`Error::SymlinkInPath`]),
     /// never removed through.
     pub async fn remove(&self, rel: &str) -> Result<(), Error> {
-        if self.staging.is_none() {
-            return Err(Error::ReadOnly {
-                root: self.root.clone(),
-            });
-        }
-        let mirror = self.clone();
-        let owned = rel.to_owned();
-        tokio::task::spawn_blocking(move || mirror.remove_blocking(&owned))
-            .await
-            .map_err(|e| Error::Write {
-                path: self.root.join(rel),
-                source: io::Error::other(e),
-            })?
+        self.removing(rel, Self::remove_blocking).await
     }
 
     /// Removes the directory `rel` under the root if it is empty; returns whether it did. A
     /// directory with anything in it, or none at all, is left alone.
     pub async fn remove_empty_dir(&self, rel: &str) -> Result<bool, Error> {
+        self.removing(rel, Self::remove_dir_blocking).await
+    }
+
+    /// Runs a removal of `rel` on a blocking thread; refused on a read-only mirror.
+    async fn removing<T: Send + 'static>(
+        &self,
+        rel: &str,
+        remove: fn(&Self, &str) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         if self.staging.is_none() {
             return Err(Error::ReadOnly {
                 root: self.root.clone(),
@@ -170,7 +167,7 @@ impl Mirror {
         }
         let mirror = self.clone();
         let owned = rel.to_owned();
-        tokio::task::spawn_blocking(move || mirror.remove_dir_blocking(&owned))
+        tokio::task::spawn_blocking(move || remove(&mirror, &owned))
             .await
             .map_err(|e| Error::Write {
                 path: self.root.join(rel),

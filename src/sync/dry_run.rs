@@ -5,8 +5,6 @@
 //! no lock and leaves no run behind. `oras-files` sources are not planned: their backend
 //! publishes as it reads.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -14,9 +12,8 @@ use super::{Run, now, open_sources};
 use crate::config::{self, Config};
 use crate::error::{Error, Failure};
 use crate::mirror::Mirror;
-use crate::model::{Digest, RunCounts, Trigger};
+use crate::model::{RunCounts, Trigger};
 use crate::plan;
-use crate::spack;
 use crate::store::Store;
 
 /// What a run would do now.
@@ -113,12 +110,7 @@ impl Run<'_> {
         };
         let candidates = self.one_per_spec(candidates)?;
         let prune = self.plan_pruning(&candidates)?;
-        let present: HashSet<Digest> = candidates
-            .iter()
-            .map(|c| &c.image.tarball.digest)
-            .filter(|d| self.is_intact(&spack::blob_path(d)))
-            .cloned()
-            .collect();
+        let present = self.present_tarballs(&candidates);
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
         let mut fetch: Vec<DrySpec> = candidates
             .iter()

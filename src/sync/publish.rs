@@ -85,12 +85,7 @@ impl Run<'_> {
         candidates: Vec<Candidate>,
         kept_json: u64,
     ) -> Result<Vec<Candidate>, Failure> {
-        let present: HashSet<Digest> = candidates
-            .iter()
-            .map(|c| &c.image.tarball.digest)
-            .filter(|d| self.is_intact(&spack::blob_path(d)))
-            .cloned()
-            .collect();
+        let present = self.present_tarballs(&candidates);
         let candidates = self.fit_space(candidates, &present, kept_json)?;
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
         let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
@@ -157,6 +152,16 @@ impl Run<'_> {
             }
         }
         Ok(ready)
+    }
+
+    /// The candidates' tarballs the mirror already holds intact.
+    pub(super) fn present_tarballs(&self, candidates: &[Candidate]) -> HashSet<Digest> {
+        candidates
+            .iter()
+            .map(|c| &c.image.tarball.digest)
+            .filter(|d| self.is_intact(&spack::blob_path(d)))
+            .cloned()
+            .collect()
     }
 
     /// Writes each candidate's spec blob; returns them with its digest.

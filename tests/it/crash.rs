@@ -23,6 +23,22 @@ fn published_tarballs(env: &Env) -> usize {
         .count()
 }
 
+/// `sync --now` started in the background, its output where the caller wants it.
+fn spawn_sync(env: &Env, stdout: Stdio, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
+        .args([
+            "--config",
+            env.config_path().to_str().unwrap(),
+            "sync",
+            "--now",
+        ])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// A moment of the sync to kill it at, and how to see it was reached.
 type Point = (&'static str, Box<dyn Fn(&Env) -> bool>);
 
@@ -63,18 +79,7 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
     for (name, reached) in &points {
         let log = env.dir.path().join("sync.log");
         let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
-            .args([
-                "--config",
-                env.config_path().to_str().unwrap(),
-                "sync",
-                "--now",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sync(&env, out.try_clone().unwrap().into(), out.into());
         let start = Instant::now();
         while !reached(&env) {
             if let Some(status) = child.try_wait().unwrap() {
@@ -138,18 +143,7 @@ fn a_sync_killed_while_pruning_leaves_a_consistent_mirror_and_the_next_finishes(
     let mut interrupted_midway = 0;
     for attempt in 0..5 {
         let before = std::fs::read(&index).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
-            .args([
-                "--config",
-                env.config_path().to_str().unwrap(),
-                "sync",
-                "--now",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sync(&env, Stdio::null(), Stdio::null());
         let start = Instant::now();
         let finished = loop {
             if std::fs::read(&index).is_ok_and(|now| now != before) {
