@@ -682,3 +682,116 @@ fn a_config_that_disagrees_with_the_index_fails_alone_naming_both() {
         "{problems}"
     );
 }
+
+#[test]
+fn a_dependency_only_another_source_has_comes_from_it_though_its_selection_is_empty() {
+    let reg = TestRegistry::shared();
+    let c = cache(true);
+    // Source a lacks zlib@1.3.1's tag; b has everything but selects nothing itself.
+    let zlib = c
+        .specs
+        .iter()
+        .find(|s| s.name == "zlib" && s.version == "1.3.1")
+        .unwrap()
+        .tag
+        .clone();
+    let mut without = c.clone();
+    without.images.retain(|i| i.tag != zlib);
+    push(&reg.url("selection/cross-a"), &without);
+    push(&reg.url("selection/cross-b"), &c);
+    let env = Env::new(&reg.url("selection/cross-a"));
+    let text = format!(
+        "[[sources]]\nname = \"a\"\nurl = \"{}\"\ninclude = [\"openmpi@5:\"]\n\
+         [[sources]]\nname = \"b\"\nurl = \"{}\"\ninclude = [\"nothing-is-called-this\"]\n\
+         [mirror]\nroot = \"{}\"\n[state]\ndir = \"{}\"\n",
+        reg.url("selection/cross-a"),
+        reg.url("selection/cross-b"),
+        env.root().display(),
+        env.state().display()
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    synced(&env);
+    assert_eq!(served(&env), set(&["openmpi@5.0.3", "zlib@1.3.1"]));
+    let st = env.status_json();
+    let sources = st["last_run"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["specs_selected"], 1, "{st}");
+    assert_eq!(sources[1]["specs_selected"], 0, "{st}");
+    assert_eq!(sources[1]["specs_fetched"], 1, "zlib came from b: {st}");
+}
+
+#[test]
+fn a_dry_run_takes_no_lock() {
+    let (url, _) = pushed("selection/dry-lock", true);
+    let env = Env::new(&url);
+    std::fs::create_dir_all(env.state()).unwrap();
+    // Another writer holds the run lock for as long as this test runs.
+    let lock = env.state().join("lock");
+    std::fs::write(&lock, b"").unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let out = env.run(&["sync", "--now", "--no-wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "the lock is held: {}",
+        text(&out)
+    );
+    let out = env.run(&["sync", "--now", "--dry-run"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would fetch 11 specs"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Deletes a manifest from the registry (its tag goes with it), by a plain HTTP request.
+fn delete_manifest(registry: std::net::SocketAddr, repo: &str, digest: &str) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(registry).unwrap();
+    write!(
+        s,
+        "DELETE /v2/{repo}/manifests/{digest} HTTP/1.1\r\nHost: {registry}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+}
+
+#[test]
+fn a_spec_gone_upstream_is_pruned_and_what_others_need_stays() {
+    let reg = TestRegistry::shared();
+    let repo = "selection/gone";
+    let c = cache(true);
+    push(&reg.url(repo), &c);
+    let env = Env::new(&reg.url(repo));
+    configure(&env, "", "[prune]\nenabled = true\ngrace = \"0s\"\n");
+    synced(&env);
+    assert_eq!(served(&env).len(), 11);
+    // py-numpy@2.0.0 and zlib@1.3.1 leave the registry; much still needs zlib.
+    for (n, v) in [("py-numpy", "2.0.0"), ("zlib", "1.3.1")] {
+        let i = c
+            .specs
+            .iter()
+            .position(|s| s.name == n && s.version == v)
+            .unwrap();
+        delete_manifest(reg.addr(), repo, &c.images[i].manifest_digest().to_string());
+    }
+    let out = synced(&env);
+    let mut left = served(&env);
+    assert!(!left.remove("py-numpy@2.0.0"), "gone upstream: pruned");
+    assert!(left.contains("zlib@1.3.1"), "openmpi, hdf5, … need it");
+    assert_eq!(left.len(), 10);
+    assert_eq!(
+        text(&out).matches("spec pruned").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+}
