@@ -248,7 +248,9 @@ async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode
         },
         &cancel,
     )
-    .await?;
+    .await;
+    crate::status::export_metrics_after_run(config);
+    let report = report?;
     sayln!("{}", sync_line(&report))?;
     print_sync_problems(&report);
     Ok(ExitCode::from(match report.outcome {
@@ -435,7 +437,9 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
         },
         &cancel,
     )
-    .await?;
+    .await;
+    crate::status::export_metrics_after_run(config);
+    let sync_report = sync_report?;
     if !json {
         sayln!("{}", sync_line(&sync_report))?;
     }

@@ -82,6 +82,22 @@ pub async fn serve(config: Config) -> Result<Exit, crate::error::Error> {
     ]);
 
     let clock = schedule::SystemClock;
+    // The next scheduled run goes into the ledger for `status` and the metrics; best effort.
+    let ledger = std::sync::Mutex::new(Store::open(&config.state_dir)?);
+    let (pid, started) = (std::process::id(), chrono::Utc::now().timestamp());
+    let on_next = |next: Option<chrono::DateTime<chrono::Utc>>| {
+        let now = chrono::Utc::now().timestamp();
+        let recorded = ledger
+            .lock()
+            .map_err(|_| "the ledger's lock is poisoned".to_owned())
+            .and_then(|l| {
+                l.record_daemon(pid, started, next.map(|t| t.timestamp()), now)
+                    .map_err(|e| crate::diagnostic::error_chain(&e))
+            });
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the next run in the ledger");
+        }
+    };
     let inputs = schedule::Inputs {
         clock: &clock,
         schedule: schedule_rx,
@@ -89,6 +105,7 @@ pub async fn serve(config: Config) -> Result<Exit, crate::error::Error> {
         shutdown: shutdown.clone(),
         on_start: config.on_start,
         watchdog,
+        on_next: &on_next,
     };
     let run_once = |trigger| run_once(trigger, config_rx.clone(), shutdown.clone(), watchdog);
     let ping = || notify(&[NotifyState::Watchdog]);
@@ -100,6 +117,14 @@ pub async fn serve(config: Config) -> Result<Exit, crate::error::Error> {
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("stopped")]);
+    if let Ok(l) = ledger.lock()
+        && let Err(e) = l.forget_daemon(pid)
+    {
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "cannot clear the daemon's row in the ledger"
+        );
+    }
     tracing::info!("daemon stopped");
     Ok(Exit::Stopped)
 }
@@ -140,6 +165,7 @@ async fn run_once(
             } => notify(&[NotifyState::Watchdog]),
         }
     };
+    crate::status::export_metrics_after_run(&config);
     match report {
         Ok(r) => {
             let when = Timestamp::now();

@@ -49,6 +49,8 @@ pub enum Error {
     Mirror(#[from] crate::mirror::Error),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::Error),
     #[error("{0}")]
     Usage(String),
     #[error("cannot start the async runtime")]

@@ -18,6 +18,7 @@ pub mod diagnostic;
 pub mod error;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod mirror;
 pub mod model;
 pub mod oci;

@@ -7,14 +7,25 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::lock;
-use crate::model::{ByteSize, Outcome, ProblemKind, RunCounts, Timestamp, Trigger};
+use crate::metrics;
+use crate::model::{ByteSize, Outcome, ProblemKind, RunCounts, RunTotals, Timestamp, Trigger};
 use crate::store::{RunRow, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub last_run: Option<LastRun>,
     pub mirror: MirrorTotals,
+    /// When the last successful run finished (`null`: none yet), and the lag: seconds since.
+    pub last_success_at: Option<Timestamp>,
+    pub lag_seconds: Option<u64>,
+    /// The daemon, when one is running: its pid and next scheduled run (`null`: the schedule
+    /// fires no more).
+    pub daemon: Option<DaemonItem>,
+    /// Sums over every run, for the metrics.
+    #[serde(skip)]
+    pub totals: RunTotals,
     /// The last runs, newest first; only when asked for (`status --runs N`), so the report
     /// without it keeps its schema.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,6 +59,12 @@ impl From<RunRow> for RunItem {
             error: r.error,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonItem {
+    pub pid: i64,
+    pub next_run_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +121,23 @@ impl StatusReport {
         root: PathBuf,
         runs: Option<u32>,
     ) -> Result<Self, crate::error::Error> {
+        Self::read_at(
+            state_dir,
+            root,
+            runs,
+            chrono::Utc::now().timestamp(),
+            lock::process_alive,
+        )
+    }
+
+    /// [`Self::read`] at the time `now`, with `is_alive` telling which pids live.
+    pub fn read_at(
+        state_dir: &std::path::Path,
+        root: PathBuf,
+        runs: Option<u32>,
+        now: i64,
+        is_alive: impl Fn(i64) -> bool + Copy,
+    ) -> Result<Self, crate::error::Error> {
         let Some(store) = Store::open_read_only(state_dir)? else {
             return Ok(Self {
                 last_run: None,
@@ -112,13 +146,26 @@ impl StatusReport {
                     specs: 0,
                     bytes: 0,
                 },
+                last_success_at: None,
+                lag_seconds: None,
+                daemon: None,
+                totals: RunTotals::default(),
                 runs: runs.map(|_| Vec::new()),
             });
         };
+        let totals = store.run_totals()?;
+        let last_success_at = totals.last_success_at;
+        let daemon = store
+            .daemon()?
+            .filter(|d| is_alive(d.pid))
+            .map(|d| DaemonItem {
+                pid: d.pid,
+                next_run_at: d.next_run_at.map(Timestamp),
+            });
         let history = match runs {
             Some(n) => Some(
                 store
-                    .last_runs(n, lock::process_alive)?
+                    .last_runs(n, is_alive)?
                     .into_iter()
                     .map(RunItem::from)
                     .collect(),
@@ -127,7 +174,7 @@ impl StatusReport {
         };
         let (specs, bytes) = store.mirror_totals()?;
         let published = store.specs_per_source()?;
-        let last_run = match store.last_run(lock::process_alive)? {
+        let last_run = match store.last_run(is_alive)? {
             Some(r) => Some({
                 let id = r.id;
                 LastRun {
@@ -172,6 +219,10 @@ impl StatusReport {
         Ok(Self {
             last_run,
             mirror: MirrorTotals { root, specs, bytes },
+            last_success_at: last_success_at.map(Timestamp),
+            lag_seconds: last_success_at.map(|t| u64::try_from(now - t).unwrap_or(0)),
+            daemon,
+            totals,
             runs: history,
         })
     }
@@ -188,12 +239,22 @@ impl fmt::Display for StatusReport {
             ByteSize(m.bytes)
         )?;
         let Some(r) = &self.last_run else {
-            return writeln!(
+            writeln!(
                 f,
                 "last run  none yet: no sync has run (start one with `sync --now`)"
-            );
+            )?;
+            return self.daemon_line(f);
         };
         last_run_lines(f, r)?;
+        match (&self.last_success_at, self.lag_seconds) {
+            (Some(at), Some(lag)) => writeln!(
+                f,
+                "lag       {} since the last successful run ({at})",
+                humantime::format_duration(std::time::Duration::from_secs(lag))
+            )?,
+            _ => writeln!(f, "lag       no run has succeeded yet")?,
+        }
+        self.daemon_line(f)?;
         if let Some(runs) = &self.runs {
             writeln!(f, "runs      the last {}, newest first:", runs.len())?;
             for run in runs {
@@ -201,6 +262,85 @@ impl fmt::Display for StatusReport {
             }
         }
         Ok(())
+    }
+}
+
+/// [`export_metrics`] after a run: a failure is logged, naming the file; the run's outcome
+/// stands.
+pub fn export_metrics_after_run(config: &Config) {
+    if let Err(e) = export_metrics(config) {
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "cannot write the metrics textfile"
+        );
+    }
+}
+
+/// Writes the Prometheus textfile from the ledger, when `metrics.textfile` is set.
+pub fn export_metrics(config: &Config) -> Result<(), crate::error::Error> {
+    let Some(path) = &config.metrics_textfile else {
+        return Ok(());
+    };
+    let report = StatusReport::read(&config.state_dir, config.mirror_root.clone(), None)?;
+    let text = metrics::render(&report.metrics_snapshot())?;
+    metrics::write_textfile(path, &text)?;
+    tracing::debug!(path = %path.display(), "metrics written");
+    Ok(())
+}
+
+impl StatusReport {
+    /// What the metrics say: this report, in model terms.
+    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
+        metrics::Snapshot {
+            last_run: self.last_run.as_ref().map(|l| metrics::RunSample {
+                outcome: l.run.outcome,
+                started_at: l.run.started_at.0,
+                finished_at: l.run.finished_at.map(|t| t.0),
+                counts: l.run.counts.clone(),
+                sources: l
+                    .sources
+                    .iter()
+                    .map(|s| metrics::SourceSample {
+                        name: s.name.clone(),
+                        counts: RunCounts {
+                            specs_total: s.specs_total,
+                            specs_fetched: s.specs_fetched,
+                            specs_failed: s.specs_failed,
+                            specs_skipped: s.specs_skipped,
+                            blobs_fetched: s.blobs_fetched,
+                            bytes_fetched: s.bytes_fetched,
+                            specs_selected: s.specs_selected,
+                            specs_mirrored: s.specs_mirrored,
+                            specs_pruned: s.specs_pruned,
+                            bytes_pruned: s.bytes_pruned,
+                            ..RunCounts::default()
+                        },
+                        up: s.error.is_none(),
+                    })
+                    .collect(),
+            }),
+            last_success_at: self.last_success_at.map(|t| t.0),
+            next_run_at: self
+                .daemon
+                .as_ref()
+                .and_then(|d| d.next_run_at.map(|t| t.0)),
+            mirror_specs: self.mirror.specs,
+            mirror_bytes: self.mirror.bytes,
+            totals: self.totals.clone(),
+        }
+    }
+
+    fn daemon_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.daemon {
+            Some(DaemonItem {
+                pid,
+                next_run_at: Some(next),
+            }) => writeln!(f, "daemon    pid {pid}, next run {next}"),
+            Some(DaemonItem { pid, .. }) => {
+                writeln!(f, "daemon    pid {pid}, its schedule fires no more")
+            }
+            None => writeln!(f, "daemon    not running"),
+        }
     }
 }
 
@@ -341,13 +481,54 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"last_run": null, "mirror": {"root": "/srv/m", "specs": 0, "bytes": 0}})
+            serde_json::json!({"last_run": null, "mirror": {"root": "/srv/m", "specs": 0, "bytes": 0},
+                "last_success_at": null, "lag_seconds": null, "daemon": null})
         );
         assert!(r.to_string().contains("no sync has run"));
         assert!(
             !dir.path().join(crate::store::DB_FILE).exists(),
             "status must not create the ledger"
         );
+    }
+
+    #[test]
+    fn the_lag_counts_from_the_last_success_and_a_live_daemon_shows_its_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (outcome, end) in [(Outcome::Success, 1_000), (Outcome::Failed, 2_000)] {
+            let id = store
+                .start_run(Trigger::Schedule, 1, end - 10, |_| true)
+                .unwrap();
+            store
+                .finish_run(id, outcome, &RunCounts::default(), None, end)
+                .unwrap();
+        }
+        store.record_daemon(4242, 900, Some(5_000), 2_000).unwrap();
+        drop(store);
+        let read = |alive: bool| {
+            StatusReport::read_at(dir.path(), PathBuf::from("/m"), None, 4_600, move |p| {
+                alive && p == 4242
+            })
+            .unwrap()
+        };
+        let r = read(true);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["lag_seconds"], 3_600);
+        assert_eq!(json["last_success_at"], "1970-01-01T00:16:40Z");
+        assert_eq!(json["daemon"]["pid"], 4242);
+        assert_eq!(json["daemon"]["next_run_at"], "1970-01-01T01:23:20Z");
+        let text = r.to_string();
+        assert!(
+            text.contains("lag       1h since the last successful run"),
+            "{text}"
+        );
+        assert!(
+            text.contains("daemon    pid 4242, next run 1970-01-01T01:23:20Z"),
+            "{text}"
+        );
+        let gone = read(false);
+        assert!(gone.daemon.is_none());
+        assert!(gone.to_string().contains("daemon    not running"));
     }
 
     #[test]

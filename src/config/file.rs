@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub sync: FileSync,
     pub log: FileLog,
     pub prune: FilePrune,
+    pub metrics: FileMetrics,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,4 +164,12 @@ impl Default for FilePrune {
             grace: "7d".to_owned(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileMetrics {
+    /// The Prometheus textfile written after every run (unset: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub textfile: Option<PathBuf>,
 }

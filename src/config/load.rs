@@ -89,6 +89,7 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
         source.network.ca_pem = ca;
     }
     check_mirror_root(&config)?;
+    check_metrics_dir(&config)?;
     config.warnings = warnings.list;
     Ok(config)
 }
@@ -117,6 +118,26 @@ fn check_mirror_root(config: &Config) -> Result<(), Error> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The directory of `metrics.textfile` must exist: the daemon writes the file there after
+/// every run, and `node_exporter` reads it there.
+fn check_metrics_dir(config: &Config) -> Result<(), Error> {
+    let Some(file) = &config.metrics_textfile else {
+        return Ok(());
+    };
+    let dir = file.parent().unwrap_or_else(|| Path::new("/"));
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(Error::Key {
+        path: config.path.clone(),
+        key: "metrics.textfile".to_owned(),
+        reason: format!(
+            "is in {}, which is not a directory; create it (the --collector.textfile.directory of node_exporter) or choose another",
+            dir.display()
+        ),
+    })
 }
 
 /// What `load` warns about, each password file once.

@@ -23,7 +23,9 @@ use crate::model::{Credentials, Network, RepoRef, Secret};
 use crate::plan::Dependencies;
 use crate::spack::Selector;
 
-pub use file::{FileConfig, FileLog, FileMirror, FilePrune, FileSource, FileState, FileSync};
+pub use file::{
+    FileConfig, FileLog, FileMetrics, FileMirror, FilePrune, FileSource, FileState, FileSync,
+};
 pub use load::{load, load_for, read_lockfile};
 pub use placement::{check_placement, overlap};
 pub use validate::{log_directives, validate};
@@ -167,6 +169,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub prune: Prune,
+    /// Where the Prometheus textfile goes after every run (resolved; unset: none).
+    pub metrics_textfile: Option<PathBuf>,
     /// Things worth telling that do not stop the program (a password file others can read),
     /// to be logged once logging is set up (`config check` prints them on stderr).
     pub warnings: Vec<String>,
@@ -202,6 +206,7 @@ pub struct Effective {
     pub sync: EffectiveSync,
     pub log: FileLog,
     pub prune: FilePrune,
+    pub metrics: FileMetrics,
 }
 
 #[derive(Debug, Serialize)]
@@ -305,6 +310,9 @@ impl Config {
             prune: FilePrune {
                 enabled: self.prune.enabled,
                 grace: humantime::format_duration(self.prune.grace).to_string(),
+            },
+            metrics: FileMetrics {
+                textfile: self.metrics_textfile.clone(),
             },
         }
     }

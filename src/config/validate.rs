@@ -127,6 +127,19 @@ pub fn validate(
         enabled: file.prune.enabled,
         grace: duration("prune.grace", &file.prune.grace, true)?,
     };
+    let metrics_textfile = match &file.metrics.textfile {
+        Some(p) if p.file_name().is_none() || p.as_os_str().to_string_lossy().ends_with('/') => {
+            return Err(key_err(
+                "metrics.textfile",
+                format!(
+                    "{} names a directory; name the file, e.g. /var/lib/prometheus/node-exporter/spack-mirrord.prom",
+                    p.display()
+                ),
+            ));
+        }
+        Some(p) => Some(resolve(path, p)),
+        None => None,
+    };
     let mirror_root = resolve(path, &file.mirror.root);
     let state_dir = resolve(path, &file.state.dir);
     let (root_plain, state_plain) = (lexical(&mirror_root), lexical(&state_dir));
@@ -167,6 +180,7 @@ pub fn validate(
         log_level: file.log.level,
         log_format,
         prune,
+        metrics_textfile,
         warnings: Vec::new(),
     })
 }

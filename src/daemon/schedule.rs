@@ -75,6 +75,8 @@ pub struct Inputs<'a> {
     pub on_start: bool,
     /// Called at least every `watchdog` while the loop waits (systemd `WATCHDOG=1`).
     pub watchdog: Option<Duration>,
+    /// Told the next scheduled fire each time it changes (`None`: the schedule fires no more).
+    pub on_next: &'a (dyn Fn(Option<DateTime<Utc>>) + Sync),
 }
 
 /// Runs `sync_once` at start (if asked), on the schedule and on request, one run at a time,
@@ -93,12 +95,17 @@ where
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
+    let mut told: Option<Option<DateTime<Utc>>> = None;
     loop {
         if inputs.shutdown.is_cancelled() {
             return;
         }
         let now = inputs.clock.now();
         let due = next_after(&schedule, now);
+        if told != Some(due) {
+            (inputs.on_next)(due);
+            told = Some(due);
+        }
         let nap = due.map_or(MAX_NAP, |d| {
             (d - now).to_std().unwrap_or(Duration::ZERO).min(MAX_NAP)
         });
@@ -172,6 +179,7 @@ mod tests {
 
     struct Harness {
         runs: Runs,
+        nexts: Arc<Mutex<Vec<Option<DateTime<Utc>>>>>,
         schedule_tx: watch::Sender<cron::Schedule>,
         run_now_tx: mpsc::Sender<()>,
         shutdown: CancellationToken,
@@ -189,7 +197,10 @@ mod tests {
         let runs: Runs = Arc::new(Mutex::new(Vec::new()));
         let running = Arc::new(Mutex::new(false));
         let (r, token) = (runs.clone(), shutdown.clone());
+        let nexts = Arc::new(Mutex::new(Vec::new()));
+        let told = nexts.clone();
         let task = tokio::spawn(async move {
+            let on_next = move |n| told.lock().unwrap().push(n);
             let inputs = Inputs {
                 clock,
                 schedule: schedule_rx,
@@ -197,6 +208,7 @@ mod tests {
                 shutdown: token,
                 on_start,
                 watchdog: None,
+                on_next: &on_next,
             };
             run_loop(
                 inputs,
@@ -218,6 +230,7 @@ mod tests {
         });
         Harness {
             runs,
+            nexts,
             schedule_tx,
             run_now_tx,
             shutdown,
@@ -232,6 +245,25 @@ mod tests {
             .iter()
             .map(|(t, when)| format!("{} {}", t.as_str(), when.format("%H:%M:%S")))
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_fire_is_told_each_time_it_moves() {
+        let h = start("*/10 * * * * *", false, Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let told: Vec<String> = h
+            .nexts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                n.map(|t| t.format("%H:%M:%S").to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(told, ["12:00:10", "12:00:20", "12:00:30"]);
+        h.shutdown.cancel();
+        h.task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

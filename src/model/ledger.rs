@@ -53,3 +53,29 @@ pub struct FileRow {
     pub digest: Digest,
     pub size: u64,
 }
+
+/// The daemon as it last recorded itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonRow {
+    pub pid: i64,
+    pub started_at: i64,
+    /// `None`: the schedule fires no more.
+    pub next_run_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// Sums over every run in the ledger: they only grow, whatever restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    /// Finished runs by outcome (a `running` row is not counted).
+    pub runs: Vec<(super::Outcome, u64)>,
+    pub blobs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub specs_fetched: u64,
+    pub specs_pruned: u64,
+    pub bytes_pruned: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    /// When the last successful run finished.
+    pub last_success_at: Option<i64>,
+}

@@ -124,6 +124,10 @@ pub struct RunCounts {
     /// Specs removed by pruning, and the bytes of the files removed with them.
     pub specs_pruned: u64,
     pub bytes_pruned: u64,
+    /// Requests (and downloads) tried again after a transient failure.
+    pub retries: u64,
+    /// 429 answers from the registry.
+    pub rate_limited: u64,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod list;
 mod push;
 mod retry;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -150,6 +151,9 @@ pub struct RegistryClient {
     token: RwLock<Option<String>>,
     network: Network,
     pacer: Pacer,
+    /// Requests tried again, and 429 answers, since the client was made.
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl RegistryClient {
@@ -232,6 +236,8 @@ impl RegistryClient {
             token: RwLock::new(None),
             network: network.clone(),
             pacer: Pacer::new(network.max_requests_per_second),
+            retries: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         })
     }
 
@@ -376,6 +382,7 @@ impl RegistryClient {
                 "rate limited by the registry; slowing down"
             );
             self.pacer.hold(wait);
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
             Some(wait)
         } else {
             retry_after
@@ -428,12 +435,26 @@ impl RegistryClient {
                         error = &e as &dyn std::error::Error,
                         "request failed; retrying"
                     );
+                    self.note_retry();
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Counts one more attempt after a transient failure (downloads count their own).
+    pub fn note_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries and 429 answers so far.
+    pub fn request_stats(&self) -> (u64, u64) {
+        (
+            self.retries.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed),
+        )
     }
 
     /// The number of attempts a transient failure gets.

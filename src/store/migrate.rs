@@ -11,6 +11,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_oras_files.sql"),
     include_str!("../../migrations/0005_index_entries.sql"),
     include_str!("../../migrations/0006_selection.sql"),
+    include_str!("../../migrations/0007_metrics.sql"),
 ];
 
 /// The schema version this build writes.

@@ -12,6 +12,7 @@
 //! registry's index); `migrate` owns the schema and `sql` how shared types are stored. It
 //! imports only `model` and `state`.
 
+mod daemon;
 mod migrate;
 mod published;
 mod runs;
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+pub use crate::model::{DaemonRow, FileRow, KnownTag, OrasArtifact, RunTotals, SpecRow};
 use crate::model::{Digest, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger};
-pub use crate::model::{FileRow, KnownTag, OrasArtifact, SpecRow};
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;

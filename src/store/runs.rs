@@ -49,7 +49,8 @@ impl Store {
         self.conn.execute(
             "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
                  tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8, specs_selected = ?9,
-                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12 WHERE id = ?1",
+                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12, retries = ?13,
+                 rate_limited = ?14 WHERE id = ?1",
             params![
                 run_id,
                 to_i64(c.specs_total),
@@ -62,7 +63,9 @@ impl Store {
                 to_i64(c.specs_selected),
                 to_i64(c.specs_mirrored),
                 to_i64(c.specs_pruned),
-                to_i64(c.bytes_pruned)
+                to_i64(c.bytes_pruned),
+                to_i64(c.retries),
+                to_i64(c.rate_limited)
             ],
         )?;
         Ok(())
@@ -105,15 +108,16 @@ impl Store {
         self.conn.execute(
             "INSERT INTO run_sources (run_id, source, url, specs_total, specs_fetched, specs_failed,
                  specs_skipped, blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
-                 specs_pruned, bytes_pruned)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 specs_pruned, bytes_pruned, retries, rate_limited)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
              ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url,
                 specs_total = excluded.specs_total, specs_fetched = excluded.specs_fetched,
                 specs_failed = excluded.specs_failed, specs_skipped = excluded.specs_skipped,
                 blobs_fetched = excluded.blobs_fetched, bytes_fetched = excluded.bytes_fetched,
                 error = excluded.error, specs_selected = excluded.specs_selected,
                 specs_mirrored = excluded.specs_mirrored, specs_pruned = excluded.specs_pruned,
-                bytes_pruned = excluded.bytes_pruned",
+                bytes_pruned = excluded.bytes_pruned, retries = excluded.retries,
+                rate_limited = excluded.rate_limited",
             params![
                 run_id,
                 row.source,
@@ -128,7 +132,9 @@ impl Store {
                 to_i64(c.specs_selected),
                 to_i64(c.specs_mirrored),
                 to_i64(c.specs_pruned),
-                to_i64(c.bytes_pruned)
+                to_i64(c.bytes_pruned),
+                to_i64(c.retries),
+                to_i64(c.rate_limited)
             ],
         )?;
         Ok(())
@@ -138,7 +144,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT source, url, specs_total, specs_fetched, specs_failed, specs_skipped,
                     blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
-                    specs_pruned, bytes_pruned
+                    specs_pruned, bytes_pruned, retries, rate_limited
              FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([run_id], |r| {
@@ -157,6 +163,8 @@ impl Store {
                     specs_mirrored: to_u64(r.get(10)?),
                     specs_pruned: to_u64(r.get(11)?),
                     bytes_pruned: to_u64(r.get(12)?),
+                    retries: to_u64(r.get(13)?),
+                    rate_limited: to_u64(r.get(14)?),
                 },
                 error: r.get(8)?,
             })
@@ -175,7 +183,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
                     specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
-                    bytes_fetched, specs_selected, specs_mirrored, specs_pruned, bytes_pruned
+                    bytes_fetched, specs_selected, specs_mirrored, specs_pruned, bytes_pruned,
+                    retries, rate_limited
              FROM runs ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([n], |r| {
@@ -199,6 +208,8 @@ impl Store {
                     specs_mirrored: to_u64(r.get(15)?),
                     specs_pruned: to_u64(r.get(16)?),
                     bytes_pruned: to_u64(r.get(17)?),
+                    retries: to_u64(r.get(18)?),
+                    rate_limited: to_u64(r.get(19)?),
                 },
             })
         })?;

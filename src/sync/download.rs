@@ -97,6 +97,7 @@ pub(super) async fn download(
                     "download interrupted; resuming"
                 );
                 tokio::time::sleep(delay).await;
+                registry.note_retry();
                 attempt += 1;
             }
             // The registry stopped answering: keep what arrived for the next run.

@@ -191,6 +191,19 @@ impl Run<'_> {
         }
     }
 
+    /// Takes each source's retries and 429 answers from its client into the counts.
+    pub(super) fn count_requests(&mut self) {
+        self.counts.retries = 0;
+        self.counts.rate_limited = 0;
+        for src in &mut self.sources {
+            let (retries, rate_limited) = src.registry.request_stats();
+            src.counts.retries = retries;
+            src.counts.rate_limited = rate_limited;
+            self.counts.retries += retries;
+            self.counts.rate_limited += rate_limited;
+        }
+    }
+
     /// The reasons of the sources that could not be read, on one line.
     pub(super) fn source_errors(&self) -> Option<String> {
         let errors: Vec<String> = self

@@ -213,6 +213,7 @@ async fn run_in_span(
             (Outcome::Failed, Some(f.message()))
         }
     };
+    run.count_requests();
     run.record_sources();
     finish(&run.store, run_id, outcome, &run.counts, error, started)
 }

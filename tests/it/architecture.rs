@@ -84,7 +84,7 @@ const PURE: &[(&str, &[&str])] = &[
     ("daemon::schedule", &["model"]),
 ];
 
-const EDGES: &[&str] = &["store", "registry", "mirror", "config"];
+const EDGES: &[&str] = &["store", "registry", "mirror", "config", "metrics"];
 
 #[test]
 fn pure_modules_import_only_pure_modules() {
