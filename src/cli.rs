@@ -23,6 +23,12 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
+    /// Print only warnings and errors: no progress bar, no info lines (results still print).
+    ///
+    /// Logs are capped at `warn` whatever `log.level` says; a set `RUST_LOG` still wins.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,7 +43,8 @@ pub enum Command {
     Daemon,
     /// Reconcile the mirror with the registry.
     ///
-    /// With --now, runs one sync in the foreground and exits 0 only when the
+    /// With --now, runs one sync in the foreground (with a progress bar when
+    /// stderr is a terminal, not with --quiet) and exits 0 only when the
     /// mirror is complete and published (1 when some specs failed or the run
     /// failed, 75 when --no-wait finds another sync running, 130 when
     /// interrupted). Without --now, asks the running daemon to start a run.
@@ -79,8 +86,8 @@ pub enum Command {
     /// that the ledger does not record (extra: listed, never touched). Exits 0 when nothing is
     /// missing or corrupt (extra files alone do not fail it), 1 otherwise. With --repair, takes
     /// the run lock, discards the missing and corrupt files, runs one sync to fetch them again,
-    /// verifies once more and exits by that second result. Shows progress when stderr is a
-    /// terminal. Only reads the ledger unless --repair is given.
+    /// verifies once more and exits by that second result. Shows a progress bar when stderr is
+    /// a terminal (not with --quiet). Only reads the ledger unless --repair is given.
     Verify {
         /// Discard missing and corrupt files and run one sync to restore them.
         #[arg(long)]
@@ -122,6 +129,21 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn quiet_goes_before_or_after_the_subcommand() {
+        use clap::Parser as _;
+        for args in [
+            &["spack-mirrord", "-q", "sync", "--now"][..],
+            &["spack-mirrord", "sync", "--now", "--quiet"][..],
+            &["spack-mirrord", "verify", "-q"][..],
+        ] {
+            let cli = super::Cli::try_parse_from(args).unwrap();
+            assert!(cli.quiet, "{args:?}");
+        }
+        let cli = super::Cli::try_parse_from(["spack-mirrord", "status"]).unwrap();
+        assert!(!cli.quiet);
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! `status --json | head -c1`) silences the rest of the output and the command ends with its
 //! own exit code, and any other write error is an error (exit 1); stderr messages are best
 //! effort.
+//!
+//! `sync --now` and `verify` draw a progress bar on a terminal (`progress`): log lines are
+//! written above it, and what these commands print themselves is printed once it is cleared. `--quiet` drops the bar,
+//! the info lines and the messages that only say what is going on; results, warnings and
+//! errors still print.
 
 use std::fmt;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use clap::CommandFactory as _;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +28,7 @@ use crate::mirror::Mirror;
 use crate::model::Outcome;
 use crate::model::Trigger;
 use crate::model::{ByteSize, ProblemKind, Timestamp};
+use crate::progress::Bars;
 use crate::status::StatusReport;
 use crate::store::Store;
 use crate::sync;
@@ -84,6 +89,23 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let config = config::load_for(&cli.config, purpose)?;
     // On the real paths, before anything creates the state directory (each run checks again).
     config::check_placement(&config)?;
+    // Only the foreground runs draw bars; the daemon never does.
+    let draws = matches!(
+        &cli.command,
+        Command::Sync {
+            now: true,
+            dry_run: false,
+            ..
+        } | Command::Verify { .. }
+    );
+    let ui = Ui {
+        quiet: cli.quiet,
+        bars: if draws {
+            Bars::for_stderr(cli.quiet, config.log_format)
+        } else {
+            Bars::hidden()
+        },
+    };
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&config),
         Command::Status { json, runs } => status(&config, json, runs),
@@ -94,7 +116,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             json,
             ..
         } => {
-            init_logging(&config);
+            init_logging(&config, &ui);
             runtime()?.block_on(dry_run(&config, full, json))
         }
         Command::Sync {
@@ -103,8 +125,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             no_wait,
             ..
         } => {
-            init_logging(&config);
-            runtime()?.block_on(sync_now(&config, full, no_wait))
+            init_logging(&config, &ui);
+            runtime()?.block_on(sync_now(&config, &ui, full, no_wait))
         }
         Command::Sync { now: false, .. } => {
             let pid = lock::request_run(&config.state_dir)?;
@@ -114,11 +136,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { repair, json } => {
-            init_logging(&config);
-            runtime()?.block_on(verify(&config, repair, json))
+            init_logging(&config, &ui);
+            runtime()?.block_on(verify(&config, &ui, repair, json))
         }
         Command::Daemon => {
-            init_logging(&config);
+            init_logging(&config, &ui);
             runtime()?.block_on(crate::daemon::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -127,9 +149,22 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
 }
 
+/// How this command talks to the person at the terminal.
+struct Ui {
+    /// `--quiet`: warnings, errors and results only.
+    quiet: bool,
+    /// The progress bars (hidden unless `sync --now` or `verify` runs on a terminal).
+    bars: Bars,
+}
+
 /// Sets up logging, then logs what the loaded configuration warned about.
-fn init_logging(config: &Config) {
-    logging::init(&config.log_level, config.log_format);
+fn init_logging(config: &Config, ui: &Ui) {
+    logging::init(
+        &config.log_level,
+        config.log_format,
+        ui.quiet,
+        ui.bars.multi(),
+    );
     for warning in &config.warnings {
         tracing::warn!(config = %config.path.display(), "{warning}");
     }
@@ -217,12 +252,19 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-/// Takes the run lock; unless `no_wait`, waits for another writer, saying so on stderr.
-async fn take_run_lock(config: &Config, no_wait: bool) -> Result<lock::RunLock, Error> {
+/// Takes the run lock; unless `no_wait`, waits for another writer, saying so on stderr
+/// (unless `quiet`).
+async fn take_run_lock(
+    config: &Config,
+    no_wait: bool,
+    quiet: bool,
+) -> Result<lock::RunLock, Error> {
     Ok(match lock::try_acquire(&config.state_dir) {
         Ok(l) => l,
         Err(e) if e.is_busy() && !no_wait => {
-            tell!("{e}; waiting for it to finish (use --no-wait to fail instead)");
+            if !quiet {
+                tell!("{e}; waiting for it to finish (use --no-wait to fail instead)");
+            }
             lock::acquire(&config.state_dir).await?
         }
         Err(_) if !config.state_dir.exists() => {
@@ -234,21 +276,23 @@ async fn take_run_lock(config: &Config, no_wait: bool) -> Result<lock::RunLock, 
     })
 }
 
-async fn sync_now(config: &Config, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
-    let run_lock = take_run_lock(config, no_wait).await?;
+async fn sync_now(config: &Config, ui: &Ui, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
+    let run_lock = take_run_lock(config, no_wait, ui.quiet).await?;
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    let report = sync::run(
-        config,
-        &run_lock,
-        sync::Options {
-            trigger: Trigger::Manual,
-            full,
-            progress: None,
-        },
-        &cancel,
-    )
-    .await;
+    let (bar, progress) = ui.bars.sync();
+    let report = bar
+        .follow(sync::run(
+            config,
+            &run_lock,
+            sync::Options {
+                trigger: Trigger::Manual,
+                full,
+                progress,
+            },
+            &cancel,
+        ))
+        .await;
     crate::status::export_metrics_after_run(config);
     let report = report?;
     sayln!("{}", sync_line(&report))?;
@@ -374,7 +418,7 @@ fn print_sync_problems(report: &sync::Report) {
 
 /// `verify [--repair] [--json]`: exit 0 when nothing is missing or corrupt (after the repair,
 /// with `--repair`), 1 otherwise, 130 when the repair's sync was interrupted.
-async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, Error> {
+async fn verify(config: &Config, ui: &Ui, repair: bool, json: bool) -> Result<ExitCode, Error> {
     let Some(store) = Store::open_read_only(&config.state_dir)? else {
         if json {
             print_json(&VerifyReport::default())?;
@@ -389,7 +433,7 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
     let concurrency = hash_concurrency(config);
     if !repair {
         let mirror = Mirror::existing(&config.mirror_root);
-        let report = inspect_with_progress(&store, &mirror, concurrency).await?;
+        let report = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
         if json {
             print_json(&report)?;
         } else {
@@ -399,10 +443,10 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
     }
     drop(store);
 
-    let run_lock = take_run_lock(config, false).await?;
+    let run_lock = take_run_lock(config, false, ui.quiet).await?;
     let store = Store::open(&config.state_dir)?;
     let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
-    let before = inspect_with_progress(&store, &mirror, concurrency).await?;
+    let before = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
     if before.is_sound() {
         if json {
             print_json(&serde_json::json!({
@@ -427,17 +471,19 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
     }
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    let sync_report = sync::run(
-        config,
-        &run_lock,
-        sync::Options {
-            trigger: Trigger::Manual,
-            full: false,
-            progress: None,
-        },
-        &cancel,
-    )
-    .await;
+    let (bar, progress) = ui.bars.sync();
+    let sync_report = bar
+        .follow(sync::run(
+            config,
+            &run_lock,
+            sync::Options {
+                trigger: Trigger::Manual,
+                full: false,
+                progress,
+            },
+            &cancel,
+        ))
+        .await;
     crate::status::export_metrics_after_run(config);
     let sync_report = sync_report?;
     if !json {
@@ -448,7 +494,7 @@ async fn verify(config: &Config, repair: bool, json: bool) -> Result<ExitCode, E
         return Ok(ExitCode::from(exit::CANCELLED));
     }
     let store = Store::open(&config.state_dir)?;
-    let after = inspect_with_progress(&store, &mirror, concurrency).await?;
+    let after = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
     if json {
         print_json(&serde_json::json!({
             "before": before,
@@ -487,62 +533,15 @@ fn hash_concurrency(config: &Config) -> usize {
     config.concurrency.min(cores).max(1)
 }
 
+/// `sync::inspect` with a bar over the bytes hashed (on a terminal), cleared when it is done.
 async fn inspect_with_progress(
     store: &Store,
     mirror: &Mirror,
     concurrency: usize,
+    bars: &Bars,
 ) -> Result<VerifyReport, Error> {
-    let mut line = ProgressLine::new();
-    let report = sync::inspect(store, mirror, concurrency, |done, total| {
-        line.show(done, total);
-    })
-    .await;
-    line.clear();
+    let bar = bars.hashing();
+    let report = sync::inspect(store, mirror, concurrency, |h| bar.show(h)).await;
+    bar.finish();
     report
-}
-
-/// A `\r`-updated "verifying N/M files" line on stderr, only when stderr is a terminal.
-struct ProgressLine {
-    on: bool,
-    last: Option<Instant>,
-    shown: bool,
-}
-
-impl ProgressLine {
-    /// How often the line is redrawn at most.
-    const EVERY: Duration = Duration::from_millis(100);
-
-    fn new() -> Self {
-        Self {
-            on: std::io::stderr().is_terminal(),
-            last: None,
-            shown: false,
-        }
-    }
-
-    fn show(&mut self, done: u64, total: u64) {
-        if !self.on {
-            return;
-        }
-        if done == total {
-            // Clear before the "mirror verified" log line follows.
-            self.clear();
-            return;
-        }
-        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        self.shown = true;
-        let _ = write!(std::io::stderr(), "\rverifying {done}/{total} files");
-        let _ = std::io::stderr().flush();
-    }
-
-    fn clear(&mut self) {
-        if self.shown {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
-            let _ = std::io::stderr().flush();
-            self.shown = false;
-        }
-    }
 }

@@ -4,7 +4,7 @@
 //! Pure core: `model`, `diagnostic`, `state`, `oci`, `spack`, `oras`, `plan`, `verify`. Edges, one
 //! owner each: `registry` (HTTP), `store` (SQL), `mirror` (writes under the mirror root), `config`
 //! (file and environment), `credentials` (Docker's config and credential helpers). `sync` applies
-//! plans in phases; `daemon` decides when; `commands` is the only module that prints; `error` is
+//! plans in phases; `daemon` decides when; `commands` is the only module that prints (its progress bars are drawn by `progress`); `error` is
 //! the only module that names other modules' errors. `demo` (feature `demo`) generates test caches.
 
 pub mod cli;
@@ -24,6 +24,7 @@ pub mod model;
 pub mod oci;
 pub mod oras;
 pub mod plan;
+pub mod progress;
 pub mod registry;
 pub mod spack;
 pub mod state;

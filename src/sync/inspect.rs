@@ -16,29 +16,42 @@ use crate::verify::{self, Observations, Observed, VerifyReport};
 /// Manifests larger than this are not read back (Spack's are a few hundred bytes).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
-/// Verifies the mirror against the ledger. `progress(done, total)` is called as files are
-/// hashed, `concurrency` at a time.
+/// How far `inspect` has got hashing the files the ledger records. Bytes count each file at
+/// its recorded size, whatever was found on disk, so `bytes_done` reaches `bytes_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hashing {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Verifies the mirror against the ledger. `progress` is called before the first file and as
+/// each is hashed, `concurrency` at a time.
 pub async fn inspect(
     store: &Store,
     mirror: &Mirror,
     concurrency: usize,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(&Hashing),
 ) -> Result<VerifyReport, Error> {
     let files = store.files()?;
     let specs = store.specs()?;
-    let mut paths: Vec<String> = files.keys().cloned().collect();
+    let mut paths: Vec<(String, u64)> = files.iter().map(|(p, f)| (p.clone(), f.size)).collect();
     paths.sort();
-    let total = paths.len() as u64;
-    progress(0, total);
+    let mut hashing = Hashing {
+        files_total: paths.len() as u64,
+        bytes_total: paths.iter().map(|(_, size)| size).sum(),
+        ..Hashing::default()
+    };
+    progress(&hashing);
     let mut hashed = futures_util::stream::iter(paths)
-        .map(|path| async move {
+        .map(|(path, size)| async move {
             let r = mirror.hash_file(&path).await;
-            (path, r)
+            (path, size, r)
         })
         .buffer_unordered(concurrency.max(1));
     let mut seen = Observations::default();
-    let mut done = 0;
-    while let Some((path, r)) = hashed.next().await {
+    while let Some((path, recorded_size, r)) = hashed.next().await {
         let observed = match r? {
             Hashed::Missing => Observed::Missing,
             Hashed::NotAFile => Observed::NotAFile,
@@ -46,8 +59,9 @@ pub async fn inspect(
             Hashed::File { digest, size } => Observed::File { size, digest },
         };
         seen.files.insert(path, observed);
-        done += 1;
-        progress(done, total);
+        hashing.files_done += 1;
+        hashing.bytes_done += recorded_size;
+        progress(&hashing);
     }
     drop(hashed);
     seen.manifests = read_manifests(mirror, &verify::manifest_paths(&specs), &seen).await?;

@@ -26,7 +26,7 @@ mod space;
 
 pub use download::BlobError;
 pub use dry_run::{DryProblem, DryRun, DrySource, DrySpec, DryUnwanted, dry_run};
-pub use inspect::{discard, inspect};
+pub use inspect::{Hashing, discard, inspect};
 pub use select::SelectionError;
 pub use source::ListingError;
 pub use space::{MAX_DECLARED_BYTES, Stop};

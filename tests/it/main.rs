@@ -17,6 +17,7 @@ mod faults;
 mod hardening;
 mod harness_selftest;
 mod oras;
+mod progress;
 mod selection;
 mod sources;
 mod support;
