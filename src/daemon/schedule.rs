@@ -87,6 +87,9 @@ where
     Fut: Future<Output = ()>,
 {
     let mut schedule = inputs.schedule.borrow_and_update().clone();
+    let first = next_after(&schedule, inputs.clock.now());
+    (inputs.on_next)(first);
+    let mut told = Some(first);
     if inputs.on_start && !inputs.shutdown.is_cancelled() {
         run_and_skip(&mut sync_once, Trigger::Start, &schedule, inputs.clock).await;
     }
@@ -95,7 +98,6 @@ where
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut told: Option<Option<DateTime<Utc>>> = None;
     loop {
         if inputs.shutdown.is_cancelled() {
             return;

@@ -441,3 +441,64 @@ fn the_daemon_speaks_the_systemd_notify_protocol() {
     assert_eq!(d.stop(Duration::from_secs(10)).0, Some(0));
     wait_for("STOPPING=1");
 }
+
+#[test]
+fn status_shows_the_running_daemons_next_run_and_the_metrics_carry_it() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("daemon/next-run");
+    push_generated(&url, 2, 5_000, 611);
+    // Noon each day: far enough not to fire during the test.
+    let env = env_with(&url, "0 0 12 * * *", true);
+    let prom = env.dir.path().join("spack-mirrord.prom");
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}[metrics]\ntextfile = \"{}\"\n", prom.display()),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&env, &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the start run and the next run",
+        || {
+            let st = env.status_json();
+            st["last_run"]["outcome"] == "success" && st["daemon"]["next_run_at"].is_string()
+        },
+    );
+    let st = env.status_json();
+    assert_eq!(st["daemon"]["pid"], i64::from(d.pid()), "{st}");
+    let next = chrono::DateTime::parse_from_rfc3339(st["daemon"]["next_run_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let now = chrono::Utc::now();
+    assert!(
+        next > now && next - now <= chrono::Duration::hours(24),
+        "{next}"
+    );
+    assert_eq!(next.format("%H:%M:%S").to_string(), "12:00:00");
+    assert!(st["lag_seconds"].as_u64().unwrap() < 60, "{st}");
+    let shown = text(&env.run(&["status"]));
+    assert!(
+        shown.contains(&format!("daemon    pid {}, next run", d.pid())),
+        "{shown}"
+    );
+    wait_until(Duration::from_secs(10), "the metrics textfile", || {
+        prom.exists()
+    });
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "spack_mirrord_next_run_timestamp_seconds {}.0",
+            next.timestamp()
+        )),
+        "{metrics}"
+    );
+
+    let (code, _) = d.stop(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let st = env.status_json();
+    assert!(
+        st["daemon"].is_null(),
+        "a stopped daemon has no next run: {st}"
+    );
+}

@@ -16,6 +16,7 @@ mod disk;
 mod faults;
 mod hardening;
 mod harness_selftest;
+mod metrics;
 mod oras;
 mod progress;
 mod selection;
