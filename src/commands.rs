@@ -276,15 +276,21 @@ async fn take_run_lock(
     })
 }
 
-async fn sync_now(config: &Config, ui: &Ui, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
-    let run_lock = take_run_lock(config, no_wait, ui.quiet).await?;
+/// One manual sync under `run_lock`, stopped by SIGINT or SIGTERM, with a progress bar on a
+/// terminal; the metrics textfile is written after it, whatever became of it.
+async fn manual_sync(
+    config: &Config,
+    ui: &Ui,
+    run_lock: &lock::RunLock,
+    full: bool,
+) -> Result<sync::Report, Error> {
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
     let (bar, progress) = ui.bars.sync();
     let report = bar
         .follow(sync::run(
             config,
-            &run_lock,
+            run_lock,
             sync::Options {
                 trigger: Trigger::Manual,
                 full,
@@ -294,7 +300,12 @@ async fn sync_now(config: &Config, ui: &Ui, full: bool, no_wait: bool) -> Result
         ))
         .await;
     crate::status::export_metrics_after_run(config);
-    let report = report?;
+    report
+}
+
+async fn sync_now(config: &Config, ui: &Ui, full: bool, no_wait: bool) -> Result<ExitCode, Error> {
+    let run_lock = take_run_lock(config, no_wait, ui.quiet).await?;
+    let report = manual_sync(config, ui, &run_lock, full).await?;
     sayln!("{}", sync_line(&report))?;
     print_sync_problems(&report);
     Ok(ExitCode::from(match report.outcome {
@@ -469,23 +480,7 @@ async fn verify(config: &Config, ui: &Ui, repair: bool, json: bool) -> Result<Ex
             discarded.len()
         )?;
     }
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let (bar, progress) = ui.bars.sync();
-    let sync_report = bar
-        .follow(sync::run(
-            config,
-            &run_lock,
-            sync::Options {
-                trigger: Trigger::Manual,
-                full: false,
-                progress,
-            },
-            &cancel,
-        ))
-        .await;
-    crate::status::export_metrics_after_run(config);
-    let sync_report = sync_report?;
+    let sync_report = manual_sync(config, ui, &run_lock, false).await?;
     if !json {
         sayln!("{}", sync_line(&sync_report))?;
     }
