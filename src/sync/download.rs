@@ -44,8 +44,9 @@ pub enum BlobError {
 /// download is kept in the staging directory while it goes: a transient failure (reset,
 /// truncation, stall, 5xx, 429) resumes from the bytes already there with a `Range` request,
 /// up to the configured attempts; a registry that ignores `Range` is read from the start
-/// again. A digest mismatch after a resumed download starts over once from 0; otherwise the
-/// bytes are discarded.
+/// again. Bytes that do not match the digest are fetched again from 0, within the same
+/// attempts (each counted as a retry); when the last attempt is still wrong the bytes are
+/// discarded and the blob fails, never published.
 pub(super) async fn download(
     registry: &RegistryClient,
     mirror: &Mirror,
@@ -54,7 +55,6 @@ pub(super) async fn download(
 ) -> Result<u64, Failure> {
     let mut writer = mirror.resume_writer(&d.digest, d.size).await?;
     let mut attempt = 1;
-    let mut restarted = false;
     loop {
         let offset = writer.len();
         if offset > 0 {
@@ -66,10 +66,20 @@ pub(super) async fn download(
                     .publish_verified(dest, &d.digest, Some(d.size))
                     .await?);
             }
-            Ok(()) if offset > 0 && !restarted => {
-                tracing::warn!(digest = %d.digest, offset, "resumed download does not verify; starting over");
-                restarted = true;
+            // Wrong bytes: a corrupting proxy or CDN edge usually serves the right ones on the
+            // next GET, so fetch it again from byte 0, as long as attempts remain.
+            Ok(()) if attempt < registry.max_attempts() => {
+                tracing::warn!(
+                    digest = %d.digest,
+                    attempt,
+                    offset,
+                    len = writer.len(),
+                    actual = %writer.digest(),
+                    "download does not verify; fetching it again from the start"
+                );
                 writer.restart().await?;
+                registry.note_retry();
+                attempt += 1;
             }
             Ok(()) => {
                 let (actual, len) = (writer.digest(), writer.len());

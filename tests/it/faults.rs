@@ -108,11 +108,27 @@ fn a_registry_that_ignores_range_is_read_again_from_the_start() {
 }
 
 #[test]
-fn wrong_bytes_are_never_published_and_the_next_run_recovers() {
-    let s = setup("faults/corrupt", 904, FrontOptions::default());
+fn wrong_bytes_once_are_fetched_again_from_the_start_within_the_run() {
+    let s = setup("faults/corrupt-once", 904, FrontOptions::default());
+    let hex = s.leaf().tarball.hex().to_owned();
+    s.front.inject_body_fault(&hex, BodyFaultKind::Corrupt, 1);
+    let out = s.env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&s.env.root(), &s.all_specs());
+    let reqs = s.blob_requests(&hex);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range, None, "the second GET starts from byte 0");
+    assert!(text(&out).contains("download does not verify; fetching it again"));
+    let run = s.env.status_json()["last_run"].clone();
+    assert!(run["retries"].as_u64().unwrap() >= 1, "{run}");
+}
+
+#[test]
+fn bytes_that_are_always_wrong_are_never_published_and_the_next_run_recovers() {
+    let s = setup("faults/corrupt", 905, FrontOptions::default());
     let leaf = s.leaf().clone();
     let hex = leaf.tarball.hex().to_owned();
-    s.front.inject_body_fault(&hex, BodyFaultKind::Corrupt, 1);
+    s.front.inject_body_fault(&hex, BodyFaultKind::Corrupt, 100);
     let out = s.env.sync();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!blob(&s.env.root(), &hex).exists());
@@ -123,17 +139,15 @@ fn wrong_bytes_are_never_published_and_the_next_run_recovers() {
         .filter(|x| x.hash != leaf.hash)
         .collect();
     check_mirror(&s.env.root(), &others);
-    // A mismatch from the first byte is not retried within the run.
-    assert_eq!(s.blob_requests(&hex).len(), 1);
+    // Every attempt (max_attempts = 3) fetched it from the start, then it failed.
+    assert_eq!(s.blob_requests(&hex).len(), 3);
     let run = s.env.status_json()["last_run"].clone();
     assert_eq!(run["outcome"], "partial");
-    assert!(
-        run["problems"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&hex)
-    );
-
+    let message = run["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains(&hex), "{message}");
+    assert!(message.contains(leaf.tag.as_str()), "{message}");
+    // The registry serves the right bytes again: the next run completes.
+    s.front.clear_faults();
     let out = s.env.sync();
     assert!(out.status.success(), "{}", text(&out));
     check_mirror(&s.env.root(), &s.all_specs());

@@ -257,6 +257,12 @@ impl GhcrFront {
     }
 
     /// Adds a fault for blob bodies served by the blob store (the redirect target).
+    /// Drops every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.state.body_faults.lock().unwrap().clear();
+        self.state.faults.lock().unwrap().clear();
+    }
+
     pub fn inject_body_fault(&self, path_contains: &str, kind: BodyFaultKind, times: usize) {
         self.state.body_faults.lock().unwrap().push(BodyFault {
             path_contains: path_contains.to_owned(),
