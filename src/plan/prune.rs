@@ -9,12 +9,15 @@ use std::hash::BuildHasher;
 use crate::model::{Digest, SpecRow};
 use crate::spack;
 
-/// `wanted` grown by the recorded link/run closure (`requires`) of every published spec in it,
-/// so that no spec the mirror serves loses a dependency it has.
-pub fn protect_requires<S: BuildHasher>(wanted: &mut HashSet<String, S>, published: &[SpecRow]) {
-    for spec in published {
-        if wanted.contains(&spec.hash) {
-            for r in &spec.requires {
+/// `wanted` grown by the recorded link/run closure of every published spec in it (`published`:
+/// each spec's hash and `requires`), so that no spec the mirror serves loses a dependency it has.
+pub fn protect_requires<'a, S: BuildHasher>(
+    wanted: &mut HashSet<String, S>,
+    published: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) {
+    for (hash, requires) in published {
+        if wanted.contains(hash) {
+            for r in requires {
                 if !wanted.contains(r) {
                     wanted.insert(r.clone());
                 }
@@ -132,7 +135,10 @@ mod tests {
             spec("d", "td", &[]),
         ];
         let mut wanted: HashSet<String> = ["a".to_owned()].into();
-        protect_requires(&mut wanted, &specs);
+        protect_requires(
+            &mut wanted,
+            specs.iter().map(|s| (s.hash.as_str(), s.requires.as_slice())),
+        );
         let mut got: Vec<&str> = wanted.iter().map(String::as_str).collect();
         got.sort_unstable();
         assert_eq!(got, ["a", "b", "c"]);

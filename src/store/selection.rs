@@ -82,6 +82,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Each published spec's hash and recorded link/run closure (`requires`), without the rest
+    /// of its row.
+    pub fn spec_requires(&self) -> Result<Vec<(String, Vec<String>)>, Error> {
+        let mut stmt = self.conn.prepare("SELECT hash, requires FROM specs")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Forgets a pruned spec, once its files are gone and forgotten.
     pub fn forget_spec(&self, hash: &str) -> Result<(), Error> {
         self.conn

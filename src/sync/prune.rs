@@ -23,10 +23,18 @@ impl Run<'_> {
             tracing::info!(source = %src.config.name, "source could not be read; no spec is judged unwanted in this run");
             return Ok(PrunePlan::default());
         }
-        let published = self.store.specs()?;
+        let requires = self.store.spec_requires()?;
         let mut wanted = wanted.clone();
-        plan::protect_requires(&mut wanted, &published);
+        plan::protect_requires(
+            &mut wanted,
+            requires.iter().map(|(h, r)| (h.as_str(), r.as_slice())),
+        );
         let unwanted = self.store.mark_unwanted(&wanted, now())?;
+        if unwanted.is_empty() {
+            return Ok(PrunePlan::default());
+        }
+        // Only now the whole rows (their JSON is large): some spec is unwanted.
+        let published = self.store.specs()?;
         let grace = i64::try_from(self.config.prune.grace.as_secs()).unwrap_or(i64::MAX);
         let mut plan = plan::plan_prune(
             &published,
