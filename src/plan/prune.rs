@@ -137,7 +137,9 @@ mod tests {
         let mut wanted: HashSet<String> = ["a".to_owned()].into();
         protect_requires(
             &mut wanted,
-            specs.iter().map(|s| (s.hash.as_str(), s.requires.as_slice())),
+            specs
+                .iter()
+                .map(|s| (s.hash.as_str(), s.requires.as_slice())),
         );
         let mut got: Vec<&str> = wanted.iter().map(String::as_str).collect();
         got.sort_unstable();
