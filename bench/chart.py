@@ -65,10 +65,10 @@ def ratio_chart(groups, title):
             out.append(f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 5}">{v:.2f}</text>')
             y += bar_h
         y += (n - len(ratios)) * bar_h + gap
-    lx = left
+    lx = 40
     for tool, label in LABELS.items():
         out.append(f'<rect x="{lx}" y="34" width="12" height="12" fill="{COLOURS[tool]}"/>')
         out.append(f'<text x="{lx + 16}" y="44">{escape(label)}</text>')
-        lx += 200
+        lx += 230
     out.append("</svg>")
     return "\n".join(out) + "\n"
