@@ -465,7 +465,7 @@ def report(cases, args, started, workdir_fs):
     lines = [
         f"# Side-by-side benchmark, {started:%Y-%m-%d} ({variant} variant)",
         "",
-        f"Made by `bench/run.sh{' --quick' if args.quick else ''}` ({args.rounds} rounds, order rotated each round) "
+        f"Made by `bench/run.sh{' --quick' if args.quick else ''}` ({args.rounds} round{'s' if args.rounds != 1 else ''}, order rotated each round) "
         f"on {machine()}; temporary data on {workdir_fs}.",
     ]
     if args.note:
@@ -602,7 +602,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="spack-mirrord-bench.", dir=args.tmpdir))
     fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
     started = datetime.datetime.now(datetime.timezone.utc)
-    say(f"== working in {work} ({fs}); {args.rounds} rounds; {'quick' if args.quick else 'full'} sizes")
+    say(f"== working in {work} ({fs}); {args.rounds} round{'s' if args.rounds != 1 else ''}; {'quick' if args.quick else 'full'} sizes")
     cases = []
     try:
         for n in names:
