@@ -26,6 +26,7 @@ pub mod oras;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod signing;
 pub mod spack;
 pub mod state;
 pub mod status;
