@@ -488,3 +488,34 @@ fn debug_output_shows_fingerprints_and_no_secret() {
     // An unprotected key takes no passphrase, and ignores one given, as gpg does.
     assert!(SigningKey::from_armored(&gpg::ed25519().secret, Some("unused")).is_ok());
 }
+
+/// gpg 2.2 makes v4 keys only; an RFC 9580 (v6) key, made by rpgp, signs and verifies too, with
+/// its 64-digit fingerprint as Spack's file name.
+#[test]
+fn a_v6_key_signs_and_verifies_with_a_64_digit_fingerprint() {
+    use pgp::composed::{ArmorOptions, KeyType, SecretKeyParamsBuilder};
+    let params = SecretKeyParamsBuilder::default()
+        .version(pgp::types::KeyVersion::V6)
+        .key_type(KeyType::Ed25519)
+        .can_certify(true)
+        .can_sign(true)
+        .primary_user_id("Test Mirror <mirror@example.org>".into())
+        .build()
+        .unwrap();
+    let secret = params.generate(rand::thread_rng()).unwrap();
+    let armored = secret.to_armored_bytes(ArmorOptions::default()).unwrap();
+    let key = SigningKey::from_armored(&armored, None).unwrap();
+    assert_eq!(key.fingerprint().len(), 64);
+    assert!(crate::spack::key_manifest_path(&key.fingerprint()).is_ok());
+    let signed = key.clearsign(&manifest()).unwrap();
+    assert!(signed.starts_with(b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n{\n"));
+    let public = PublicKey::from_armored(&key.public_key_armored()).unwrap();
+    assert_eq!(public.verify_clearsigned(&signed).unwrap(), manifest());
+    let tampered = String::from_utf8(signed)
+        .unwrap()
+        .replacen("\"version\":3", "\"version\":4", 1);
+    assert!(matches!(
+        public.verify_clearsigned(tampered.as_bytes()),
+        Err(VerifyError::BadSignature { .. })
+    ));
+}
