@@ -1,11 +1,13 @@
 //! spack-mirrord mirrors a Spack build cache from an OCI registry into a Spack v3 `file://`
 //! mirror. See ARCHITECTURE.md for the module map, one sync step by step, and the invariants.
 //!
-//! Pure core: `model`, `diagnostic`, `state`, `oci`, `spack`, `oras`, `plan`, `verify`. Edges, one
-//! owner each: `registry` (HTTP), `store` (SQL), `mirror` (writes under the mirror root), `config`
-//! (file and environment), `credentials` (Docker's config and credential helpers). `sync` applies
-//! plans in phases; `daemon` decides when; `commands` is the only module that prints (its progress bars are drawn by `progress`); `error` is
-//! the only module that names other modules' errors. `demo` (feature `demo`) generates test caches.
+//! Pure core: `model`, `diagnostic`, `state`, `oci`, `spack`, `oras`, `plan`, `verify`,
+//! `signing`. Edges, one owner each: `registry` (HTTP), `store` (SQL), `mirror` (writes under the
+//! mirror root), `config` (file and environment), `metrics` (the Prometheus textfile),
+//! `credentials` (Docker's config and credential helpers). `sync` applies plans in phases;
+//! `daemon` decides when; `commands` is the only module that prints (its progress bars are drawn
+//! by `progress`); `error` is the only module that names other modules' errors. `demo` (feature
+//! `demo`) generates test caches.
 
 pub mod cli;
 pub mod commands;
@@ -26,6 +28,7 @@ pub mod oras;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod signing;
 pub mod spack;
 pub mod state;
 pub mod status;

@@ -40,6 +40,12 @@ pub fn init(level: &str, format: LogFormat, quiet: bool, bars: Option<&MultiProg
                 .and_then(|d| EnvFilter::builder().parse(d).ok())
         })
         .unwrap_or_else(|| EnvFilter::new("spack_mirrord=info,warn"));
+    // The OpenPGP library logs key material at debug level when it reads a secret key: it is
+    // held at warn whatever `log.level` or `RUST_LOG` ask for.
+    let filter = match "pgp=warn".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     #[expect(
         clippy::disallowed_methods,
         reason = "logging decides its output from JOURNAL_STREAM, set by systemd"

@@ -41,9 +41,11 @@ pub use lockfile::{LockRoot, Lockfile, LockfileError, parse_lockfile};
 pub use select::{Selector, SelectorError, SelectorReason};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename, tag_hash};
 pub use v3::{
-    BlobRecord, INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH, MEDIA_INDEX, MEDIA_SPEC,
-    MEDIA_TARBALL, ManifestRecord, blob_path, index_manifest, index_record, parse_v3_manifest,
-    spec_blob, spec_manifest, spec_manifest_path, spec_record, tarball_record,
+    BlobRecord, INDEX_MANIFEST_PATH, KEY_INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH,
+    MEDIA_INDEX, MEDIA_KEY, MEDIA_KEY_INDEX, MEDIA_SPEC, MEDIA_TARBALL, ManifestRecord, blob_path,
+    index_manifest, index_record, key_index, key_index_record, key_manifest, key_manifest_path,
+    key_record, parse_v3_manifest, spec_blob, spec_manifest, spec_manifest_path, spec_record,
+    tarball_record,
 };
 pub use version::{Version, VersionError, VersionRange};
 

@@ -1,6 +1,8 @@
 //! Layout v3 of a Spack mirror, the output side: where each file goes (`blobs/sha256/<xx>/<hex>`,
 //! `v3/manifests/…`, `v3/layout.json`), the media types of its records, the spec blob, and the
 //! spec and index manifests in Spack's exact `indent=0` text, plus reading such a manifest back.
+//! A signed mirror also has key files: the armored public key and the key index, each a blob
+//! named by an unsigned manifest under `v3/manifests/key/` (the signing itself is `signing`'s).
 //! It decides bytes and relative paths only; writing them is `mirror`'s job. Another layout
 //! (v2) gets a module of its own beside this one rather than branches in here.
 
@@ -28,6 +30,12 @@ pub const MEDIA_TARBALL: &str = "application/vnd.spack.install.v2.tar+gzip";
 pub const MEDIA_SPEC: &str = "application/vnd.spack.spec.v5+json";
 /// Media type of an index blob record (Spack DB v8).
 pub const MEDIA_INDEX: &str = "application/vnd.spack.db.v8+json";
+/// Media type of a public key record: the armored `OpenPGP` public key (signed mirrors only).
+pub const MEDIA_KEY: &str = "application/pgp-keys";
+/// Media type of the key index record: `{"keys":{"<FINGERPRINT>":{}}}` (signed mirrors only).
+pub const MEDIA_KEY_INDEX: &str = "application/vnd.spack.keyindex.v1+json";
+/// Where a signed mirror keeps the manifest of its key index, relative to the mirror root.
+pub const KEY_INDEX_MANIFEST_PATH: &str = "v3/manifests/key/keys.manifest.json";
 /// The layout version a spec blob declares: what Spack 1.1 writes into its own v3 mirrors.
 const SPEC_BLOB_LAYOUT_VERSION: u64 = 2;
 
@@ -46,6 +54,22 @@ pub fn spec_manifest_path(name: &str, version: &str, hash: &str) -> Result<Strin
         "v3/manifests/spec/{name}/{}.spec.manifest.json",
         polite_filename(&format!("{name}-{version}-{hash}"))
     ))
+}
+
+/// Where a public key's manifest goes: `v3/manifests/key/<FINGERPRINT>.key.manifest.json`. The
+/// fingerprint is written as gpg prints it, uppercase hex: 40 digits for a v4 key, 64 for v6.
+pub fn key_manifest_path(fingerprint: &str) -> Result<String, Error> {
+    let hex = fingerprint
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    if !hex || !matches!(fingerprint.len(), 40 | 64) {
+        return Err(Error::Unsafe {
+            field: "key fingerprint",
+            value: fingerprint.chars().take(200).collect(),
+            reason: "a fingerprint is 40 or 64 uppercase hex digits",
+        });
+    }
+    Ok(format!("v3/manifests/key/{fingerprint}.key.manifest.json"))
 }
 
 /// One entry of a v3 manifest's `data`.
@@ -89,6 +113,48 @@ pub fn index_record(blob: &[u8]) -> BlobRecord {
         compression: "none",
         checksum: Digest::of(blob),
     }
+}
+
+/// The record of a public key blob (the armored key, never compressed).
+pub fn key_record(armored: &[u8]) -> BlobRecord {
+    BlobRecord {
+        content_length: len_u64(armored),
+        media_type: MEDIA_KEY,
+        compression: "none",
+        checksum: Digest::of(armored),
+    }
+}
+
+/// The record of a key index blob made by [`key_index`].
+pub fn key_index_record(blob: &[u8]) -> BlobRecord {
+    BlobRecord {
+        content_length: len_u64(blob),
+        media_type: MEDIA_KEY_INDEX,
+        compression: "none",
+        checksum: Digest::of(blob),
+    }
+}
+
+/// The key index blob, `{"keys":{"<FPR>":{},…}}` in compact JSON as Spack writes it (no
+/// newline), one entry per fingerprint in the order given, a repeated one kept once (as a Python
+/// dict keeps it).
+pub fn key_index(fingerprints: &[&str]) -> Vec<u8> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut out = String::from(r#"{"keys":{"#);
+    for fpr in fingerprints {
+        if seen.contains(fpr) {
+            continue;
+        }
+        if !seen.is_empty() {
+            out.push(',');
+        }
+        seen.push(fpr);
+        // A string serializes infallibly; the escaping matters only for a malformed fingerprint.
+        out.push_str(&serde_json::Value::from(*fpr).to_string());
+        out.push_str(":{}");
+    }
+    out.push_str("}}");
+    out.into_bytes()
 }
 
 /// The spec blob (decisions.md #1): gzip of exactly
@@ -139,6 +205,13 @@ pub fn spec_manifest(tarball: &BlobRecord, spec: &BlobRecord) -> Vec<u8> {
 /// The index manifest, `{"version":3,"data":[index]}`, byte for byte as Spack writes it.
 pub fn index_manifest(index: &BlobRecord) -> Vec<u8> {
     manifest_text(&[index])
+}
+
+/// A key manifest, `{"version":3,"data":[record]}`, byte for byte as Spack writes it: with a
+/// [`key_record`] it is `<FINGERPRINT>.key.manifest.json`, with a [`key_index_record`] it is
+/// `keys.manifest.json`. Neither is signed.
+pub fn key_manifest(record: &BlobRecord) -> Vec<u8> {
+    manifest_text(&[record])
 }
 
 /// A record of a v3 manifest as read back from the mirror.
@@ -206,7 +279,7 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
-    use crate::spack::tests::{EXPECTED_INDEX, all_specs, fixture};
+    use crate::spack::tests::{EXPECTED_INDEX, all_specs, fixture, fixture_text};
 
     /// The expected spec manifest, and the spec blob it points at.
     fn expected_manifest_and_spec_blob(spec: &SpecConfig) -> (Vec<u8>, Vec<u8>) {
@@ -354,6 +427,101 @@ mod tests {
                 "{name:?} {version:?} {hash:?}"
             );
         }
+    }
+
+    const SIGNED_FINGERPRINT: &str = "1AC51522C6A4E17735AE888B5067559633473E6C";
+    const SIGNED_KEY_BLOB: &str = "expected-v3-signed/blobs/sha256/bd/bdbbc2fb80c52ef88179129f40eea929dfaec9168f7b03f2b958030051c1c6be";
+    const SIGNED_KEY_INDEX_BLOB: &str = "expected-v3-signed/blobs/sha256/08/08d306b6f209e1e9ce42992efca448bbe291f7d1debf79cbf40da8eb453a5007";
+
+    #[test]
+    fn key_manifest_matches_spack_byte_for_byte() {
+        let blob = fixture(SIGNED_KEY_BLOB);
+        let record = key_record(&blob);
+        assert_eq!(record.content_length, 1684);
+        assert_eq!(record.media_type, MEDIA_KEY);
+        assert_eq!(
+            format!("expected-v3-signed/{}", blob_path(&record.checksum)),
+            SIGNED_KEY_BLOB
+        );
+        let path = key_manifest_path(SIGNED_FINGERPRINT).unwrap();
+        assert_eq!(
+            path,
+            "v3/manifests/key/1AC51522C6A4E17735AE888B5067559633473E6C.key.manifest.json"
+        );
+        assert_eq!(
+            String::from_utf8(key_manifest(&record)).unwrap(),
+            fixture_text(&format!("expected-v3-signed/{path}"))
+        );
+    }
+
+    #[test]
+    fn key_index_and_its_manifest_match_spack_byte_for_byte() {
+        let index = key_index(&[SIGNED_FINGERPRINT]);
+        assert_eq!(index, fixture(SIGNED_KEY_INDEX_BLOB));
+        let record = key_index_record(&index);
+        assert_eq!(
+            (record.content_length, record.media_type),
+            (56, MEDIA_KEY_INDEX)
+        );
+        assert_eq!(
+            format!("expected-v3-signed/{}", blob_path(&record.checksum)),
+            SIGNED_KEY_INDEX_BLOB
+        );
+        assert_eq!(
+            String::from_utf8(key_manifest(&record)).unwrap(),
+            fixture_text(&format!("expected-v3-signed/{KEY_INDEX_MANIFEST_PATH}"))
+        );
+        // Both key manifests read back as v3 manifests naming their blob.
+        let records = parse_v3_manifest(&key_manifest(&record)).unwrap();
+        assert_eq!(records[0].media_type, MEDIA_KEY_INDEX);
+        assert_eq!(records[0].checksum, Digest::of(&index));
+    }
+
+    #[test]
+    fn key_index_lists_each_fingerprint_once_in_the_order_given() {
+        let (a, b) = ("A".repeat(40), "0".repeat(64));
+        assert_eq!(key_index(&[]), br#"{"keys":{}}"#);
+        assert_eq!(
+            String::from_utf8(key_index(&[&b, &a, &b])).unwrap(),
+            format!(r#"{{"keys":{{"{b}":{{}},"{a}":{{}}}}}}"#)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&key_index(&[&a, "q\"u"])).unwrap();
+        assert_eq!(v["keys"].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn key_manifest_path_takes_only_an_uppercase_hex_fingerprint_of_40_or_64() {
+        let v6 = "0123456789ABCDEF".repeat(4);
+        assert_eq!(
+            key_manifest_path(&v6).unwrap(),
+            format!("v3/manifests/key/{v6}.key.manifest.json")
+        );
+        for bad in [
+            String::new(),
+            SIGNED_FINGERPRINT.to_lowercase(),
+            SIGNED_FINGERPRINT[..39].to_owned(),
+            format!("{SIGNED_FINGERPRINT}0"),
+            format!("{}G", &SIGNED_FINGERPRINT[..39]),
+            format!("../{}", &SIGNED_FINGERPRINT[..37]),
+            "0".repeat(63),
+            "0".repeat(65),
+            format!("{}\n", &SIGNED_FINGERPRINT[..39]),
+        ] {
+            assert!(key_manifest_path(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_signed_mirror_keeps_the_same_layout_json_and_an_unsigned_index_manifest() {
+        assert_eq!(
+            LAYOUT_JSON,
+            fixture("expected-v3-signed/v3/layout.json").as_slice()
+        );
+        let index = fixture("expected-v3-signed/v3/manifests/index/index.manifest.json");
+        assert_eq!(
+            parse_v3_manifest(&index).unwrap()[0].media_type,
+            MEDIA_INDEX
+        );
     }
 
     #[test]

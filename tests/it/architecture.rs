@@ -81,6 +81,7 @@ const PURE: &[(&str, &[&str])] = &[
     ("oras", &["model", "oci", "spack"]),
     ("plan", &["model", "oci", "spack"]),
     ("verify", &["model", "oci", "spack", "diagnostic"]),
+    ("signing", &["model", "spack"]),
     ("daemon::schedule", &["model"]),
 ];
 
