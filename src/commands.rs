@@ -81,9 +81,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         // Generated from the command line alone: no configuration file needed.
         Command::Completions { shell } => return completions(*shell),
         Command::Man => return man(),
-        Command::Status { .. } | Command::Verify { repair: false, .. } => {
-            config::Purpose::LocalOnly
-        }
+        Command::Status { .. } => config::Purpose::LedgerOnly,
+        Command::Verify { repair: false, .. } => config::Purpose::LocalOnly,
         _ => config::Purpose::Registry,
     };
     let config = config::load_for(&cli.config, purpose)?;
@@ -441,10 +440,9 @@ async fn verify(config: &Config, ui: &Ui, repair: bool, json: bool) -> Result<Ex
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let concurrency = hash_concurrency(config);
     if !repair {
         let mirror = Mirror::existing(&config.mirror_root);
-        let report = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
+        let report = inspect_with_progress(&store, &mirror, config, &ui.bars).await?;
         if json {
             print_json(&report)?;
         } else {
@@ -457,7 +455,7 @@ async fn verify(config: &Config, ui: &Ui, repair: bool, json: bool) -> Result<Ex
     let run_lock = take_run_lock(config, false, ui.quiet).await?;
     let store = Store::open(&config.state_dir)?;
     let mirror = Mirror::open(&config.mirror_root, &config.state_dir)?;
-    let before = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
+    let before = inspect_with_progress(&store, &mirror, config, &ui.bars).await?;
     if before.is_sound() {
         if json {
             print_json(&serde_json::json!({
@@ -489,7 +487,7 @@ async fn verify(config: &Config, ui: &Ui, repair: bool, json: bool) -> Result<Ex
         return Ok(ExitCode::from(exit::CANCELLED));
     }
     let store = Store::open(&config.state_dir)?;
-    let after = inspect_with_progress(&store, &mirror, concurrency, &ui.bars).await?;
+    let after = inspect_with_progress(&store, &mirror, config, &ui.bars).await?;
     if json {
         print_json(&serde_json::json!({
             "before": before,
@@ -528,15 +526,18 @@ fn hash_concurrency(config: &Config) -> usize {
     config.concurrency.min(cores).max(1)
 }
 
-/// `sync::inspect` with a bar over the bytes hashed (on a terminal), cleared when it is done.
+/// `sync::inspect` with a bar over the bytes hashed (on a terminal), cleared when it is done;
+/// spec manifests are checked against the configured signing key.
 async fn inspect_with_progress(
     store: &Store,
     mirror: &Mirror,
-    concurrency: usize,
+    config: &Config,
     bars: &Bars,
 ) -> Result<VerifyReport, Error> {
     let bar = bars.hashing();
-    let report = sync::inspect(store, mirror, concurrency, |h| bar.show(h)).await;
+    let signer = config.signing.as_ref().map(|s| s.key.public_key());
+    let concurrency = hash_concurrency(config);
+    let report = sync::inspect(store, mirror, concurrency, signer, |h| bar.show(h)).await;
     bar.finish();
     report
 }

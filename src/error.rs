@@ -17,6 +17,7 @@
 //!   |---|---|
 //!   | the ledger (`store`) | run: nothing can be recorded |
 //!   | the mirror's disk (`mirror`, not about the bytes) | run: a full or failing disk stops everything |
+//!   | the site key cannot sign (`signing::SignError`) | run: no manifest can be published as configured |
 //!   | refused credentials (`registry::Error::Auth`) | source: every other request would be refused too |
 //!   | anything else: the registry, bad bytes, a bad manifest or config | item |
 //!
@@ -150,13 +151,17 @@ pub enum Cause {
     /// A source's selection cannot be applied (its environment lockfile).
     #[error(transparent)]
     Selection(#[from] crate::sync::SelectionError),
+    /// The site key could not sign (it expired while the daemon ran, say): no manifest can be
+    /// published as configured.
+    #[error(transparent)]
+    Sign(#[from] crate::signing::SignError),
 }
 
 impl Cause {
     /// The least scope this cause forces, wherever it happens (the table above).
     pub fn floor(&self) -> Scope {
         match self {
-            Self::Store(_) | Self::Stop(_) => Scope::Run,
+            Self::Store(_) | Self::Stop(_) | Self::Sign(_) => Scope::Run,
             Self::Mirror(e) if !e.is_content() => Scope::Run,
             Self::Registry(crate::registry::Error::Auth { .. }) | Self::Selection(_) => {
                 Scope::Source
@@ -257,7 +262,8 @@ failure_from!(
     crate::sync::BlobError,
     crate::sync::ListingError,
     crate::sync::Stop,
-    crate::sync::SelectionError
+    crate::sync::SelectionError,
+    crate::signing::SignError
 );
 
 #[cfg(test)]

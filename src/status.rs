@@ -23,6 +23,8 @@ pub struct StatusReport {
     /// The daemon, when one is running: its pid and next scheduled run (`null`: the schedule
     /// fires no more).
     pub daemon: Option<DaemonItem>,
+    /// How the spec manifests are signed.
+    pub signing: SigningItem,
     /// Sums over every run, for the metrics.
     #[serde(skip)]
     pub totals: RunTotals,
@@ -65,6 +67,57 @@ impl From<RunRow> for RunItem {
 pub struct DaemonItem {
     pub pid: i64,
     pub next_run_at: Option<Timestamp>,
+}
+
+/// The key signing the mirror (`null`: unsigned), keys still published after they were
+/// replaced, and how many spec manifests the current key (or, unsigned, none) signed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SigningItem {
+    pub key: Option<String>,
+    pub retiring: Vec<String>,
+    /// Spec manifests signed as configured (by `key`, or unsigned when `key` is null).
+    pub manifests_current: u64,
+    /// Spec manifests signed otherwise; the next run writes them again.
+    pub manifests_other: u64,
+}
+
+impl SigningItem {
+    fn from(s: crate::store::SigningSummary) -> Self {
+        let (current, other): (Vec<_>, Vec<_>) =
+            s.manifests.iter().partition(|(by, _)| *by == s.current);
+        let sum = |v: Vec<&(Option<String>, u64)>| v.iter().map(|(_, n)| n).sum();
+        Self {
+            manifests_current: sum(current),
+            manifests_other: sum(other),
+            key: s.current,
+            retiring: s.retiring,
+        }
+    }
+}
+
+impl fmt::Display for SigningItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "signing   key {key}")?,
+            None => write!(f, "signing   off: spec manifests are unsigned")?,
+        }
+        if self.manifests_other > 0 {
+            write!(
+                f,
+                "; {} of {} spec manifests not yet written for it (the next run does)",
+                self.manifests_other,
+                self.manifests_other + self.manifests_current
+            )?;
+        }
+        if !self.retiring.is_empty() {
+            write!(
+                f,
+                "; still published, retired: {}",
+                self.retiring.join(", ")
+            )?;
+        }
+        writeln!(f)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +202,7 @@ impl StatusReport {
                 last_success_at: None,
                 lag_seconds: None,
                 daemon: None,
+                signing: SigningItem::default(),
                 totals: RunTotals::default(),
                 runs: runs.map(|_| Vec::new()),
             });
@@ -222,6 +276,7 @@ impl StatusReport {
             last_success_at: last_success_at.map(Timestamp),
             lag_seconds: last_success_at.map(|t| u64::try_from(now - t).unwrap_or(0)),
             daemon,
+            signing: SigningItem::from(store.signing_summary()?),
             totals,
             runs: history,
         })
@@ -238,6 +293,7 @@ impl fmt::Display for StatusReport {
             m.specs,
             ByteSize(m.bytes)
         )?;
+        write!(f, "{}", self.signing)?;
         let Some(r) = &self.last_run else {
             writeln!(
                 f,
@@ -482,7 +538,8 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"last_run": null, "mirror": {"root": "/srv/m", "specs": 0, "bytes": 0},
-                "last_success_at": null, "lag_seconds": null, "daemon": null})
+                "last_success_at": null, "lag_seconds": null, "daemon": null,
+                "signing": {"key": null, "retiring": [], "manifests_current": 0, "manifests_other": 0}})
         );
         assert!(r.to_string().contains("no sync has run"));
         assert!(

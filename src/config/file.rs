@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub log: FileLog,
     pub prune: FilePrune,
     pub metrics: FileMetrics,
+    pub signing: FileSigning,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,4 +173,15 @@ pub struct FileMetrics {
     /// The Prometheus textfile written after every run (unset: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub textfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSigning {
+    /// The armored `OpenPGP` secret key that signs every spec manifest (unset: unsigned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A file holding the key's passphrase (one trailing newline is ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
 }

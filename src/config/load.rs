@@ -48,6 +48,7 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
         .map(Secret::new);
     let mut file = file;
     read_repository_lists(path, &mut file)?;
+    let signing = file.signing.clone();
     let mut passwords = Vec::new();
     let mut cas = Vec::new();
     let mut docker = std::collections::BTreeMap::new();
@@ -90,8 +91,63 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
     }
     check_mirror_root(&config)?;
     check_metrics_dir(&config)?;
+    if let Some(key_file) = signing
+        .key_file
+        .as_ref()
+        .filter(|_| purpose != Purpose::LedgerOnly)
+    {
+        config.signing = Some(read_signing_key(
+            path,
+            &resolve(path, key_file),
+            signing.passphrase_file.as_deref().map(|p| resolve(path, p)),
+            &mut warnings,
+        )?);
+    }
     config.warnings = warnings.list;
     Ok(config)
+}
+
+/// Reads `[signing]`: the armored secret key and its passphrase, warning about a file other
+/// users may read, then judges that the key can sign now (`signing::SigningKey`).
+fn read_signing_key(
+    path: &Path,
+    key_file: &Path,
+    passphrase_file: Option<PathBuf>,
+    warnings: &mut Warnings,
+) -> Result<super::Signing, Error> {
+    let read = |key: &'static str, file: &Path| {
+        std::fs::read(file).map_err(|source| Error::SigningFile {
+            path: path.to_owned(),
+            key,
+            file: file.to_owned(),
+            source,
+        })
+    };
+    let armored = read("signing.key_file", key_file)?;
+    warnings.readable_secret("signing.key_file", "signing key", key_file);
+    let passphrase = match &passphrase_file {
+        Some(p) => {
+            let bytes = read("signing.passphrase_file", p)?;
+            warnings.readable_secret("signing.passphrase_file", "passphrase file", p);
+            Some(strip_one_newline(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))
+        }
+        None => None,
+    };
+    let key =
+        crate::signing::SigningKey::from_armored(&armored, passphrase.as_deref()).map_err(|e| {
+            Error::SigningKey {
+                path: path.to_owned(),
+                file: key_file.to_owned(),
+                source: Box::new(e),
+            }
+        })?;
+    Ok(super::Signing {
+        key_file: key_file.to_owned(),
+        passphrase_file,
+        key: std::sync::Arc::new(key),
+    })
 }
 
 /// Each source entry with the key errors name it by (`source`, `sources[1]`).
@@ -148,6 +204,21 @@ struct Warnings {
 }
 
 impl Warnings {
+    /// A secret (the signing key, its passphrase) that every user on the machine may read.
+    fn readable_secret(&mut self, key: &str, what: &str, file: &Path) {
+        if !self.seen.insert(file.to_owned()) {
+            return;
+        }
+        let shown = file.display();
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            self.list.push(format!(
+                "{what} {shown} ({key}) can be read by every user on this machine; restrict it: chmod o-r {shown}"
+            ));
+        }
+    }
+
     /// A password file every user may read, or one that holds nothing.
     fn password_file(&mut self, key: &str, file: &Path, text: &str) {
         if !self.seen.insert(file.to_owned()) {

@@ -21,10 +21,12 @@ use serde::Serialize;
 
 use crate::model::{Credentials, Network, RepoRef, Secret};
 use crate::plan::Dependencies;
+use crate::signing::SigningKey;
 use crate::spack::Selector;
 
 pub use file::{
-    FileConfig, FileLog, FileMetrics, FileMirror, FilePrune, FileSource, FileState, FileSync,
+    FileConfig, FileLog, FileMetrics, FileMirror, FilePrune, FileSigning, FileSource, FileState,
+    FileSync,
 };
 pub use load::{load, load_for, read_lockfile};
 pub use placement::{check_placement, overlap};
@@ -64,6 +66,25 @@ pub enum Error {
         file: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "config file {path}: {key} {file} cannot be read; create it (see README, signed mirrors) or remove the key"
+    )]
+    SigningFile {
+        path: PathBuf,
+        key: &'static str,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key cannot sign; the cause (`signing::KeyError`, boxed so that only `error` names
+    /// it) says why and what to do.
+    #[error("config file {path}: signing.key_file {file} cannot sign")]
+    SigningKey {
+        path: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("config file {path}: password file {file} (source.password_file) cannot be read")]
     PasswordFile {
@@ -151,6 +172,16 @@ pub struct Prune {
     pub grace: Duration,
 }
 
+/// The site's signing key, read and judged able to sign when the config was loaded.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// `signing.key_file`, resolved.
+    pub key_file: PathBuf,
+    pub passphrase_file: Option<PathBuf>,
+    /// Unlocked; its `Debug` shows fingerprints only.
+    pub key: std::sync::Arc<SigningKey>,
+}
+
 /// The validated configuration the program runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -171,6 +202,8 @@ pub struct Config {
     pub prune: Prune,
     /// Where the Prometheus textfile goes after every run (resolved; unset: none).
     pub metrics_textfile: Option<PathBuf>,
+    /// The key every spec manifest is signed with (unset: the mirror is unsigned).
+    pub signing: Option<Signing>,
     /// Things worth telling that do not stop the program (a password file others can read),
     /// to be logged once logging is set up (`config check` prints them on stderr).
     pub warnings: Vec<String>,
@@ -193,8 +226,12 @@ pub struct Ambient {
 pub enum Purpose {
     /// Talking to the registry (or showing how it would be talked to).
     Registry,
-    /// Reading the ledger and the mirror only.
+    /// Reading the ledger and the mirror only (`verify`: the signing key is read, to check
+    /// signatures).
     LocalOnly,
+    /// Reading the ledger only (`status`): neither credentials nor the signing key are read, so
+    /// a user who may not read the secret key can still ask.
+    LedgerOnly,
 }
 
 /// The effective configuration as `config check` shows it: TOML, secrets redacted.
@@ -207,6 +244,22 @@ pub struct Effective {
     pub log: FileLog,
     pub prune: FilePrune,
     pub metrics: FileMetrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing: Option<EffectiveSigning>,
+}
+
+/// `[signing]` as `config check` shows it: the files and the key's public facts, never the
+/// secret.
+#[derive(Debug, Serialize)]
+pub struct EffectiveSigning {
+    pub key_file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    pub fingerprint: String,
+    /// The component that makes the signatures, when it is a subkey.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_subkey: Option<String>,
+    pub expires: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -314,6 +367,20 @@ impl Config {
             metrics: FileMetrics {
                 textfile: self.metrics_textfile.clone(),
             },
+            signing: self.signing.as_ref().map(|s| {
+                let fingerprint = s.key.fingerprint();
+                let signer = s.key.signer_fingerprint();
+                EffectiveSigning {
+                    key_file: s.key_file.clone(),
+                    passphrase_file: s.passphrase_file.clone(),
+                    signing_subkey: (signer != fingerprint).then_some(signer),
+                    fingerprint,
+                    expires: s
+                        .key
+                        .expires_at()
+                        .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
+                }
+            }),
         }
     }
 }

@@ -140,6 +140,13 @@ pub fn validate(
         Some(p) => Some(resolve(path, p)),
         None => None,
     };
+    if file.signing.passphrase_file.is_some() && file.signing.key_file.is_none() {
+        return Err(key_err(
+            "signing.passphrase_file",
+            "is set but signing.key_file is not; name the key file or remove the passphrase file"
+                .to_owned(),
+        ));
+    }
     let mirror_root = resolve(path, &file.mirror.root);
     let state_dir = resolve(path, &file.state.dir);
     let (root_plain, state_plain) = (lexical(&mirror_root), lexical(&state_dir));
@@ -181,6 +188,7 @@ pub fn validate(
         log_format,
         prune,
         metrics_textfile,
+        signing: None,
         warnings: Vec::new(),
     })
 }

@@ -43,6 +43,21 @@ pub struct SpecRow {
     pub requires: Vec<String>,
     /// The source that published it.
     pub source: String,
+    /// The fingerprint of the key that signed its published manifest; `None`: unsigned.
+    pub signed_by: Option<String>,
+}
+
+/// A signing key whose public part the mirror publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRow {
+    pub fingerprint: String,
+    /// The armored public key blob and the key manifest, relative to the root.
+    pub blob_path: String,
+    pub manifest_path: String,
+    /// The run that first published it.
+    pub first_run: i64,
+    /// The run in which another key (or none) took over; `None`: the key signing now.
+    pub retired_run: Option<i64>,
 }
 
 /// A file written under the mirror root.

@@ -12,5 +12,7 @@ mod run;
 pub use access::{CaPem, Credentials, Network, Secret};
 pub use display::{ByteSize, Timestamp};
 pub use ids::{Digest, Error, RepoRef, Scheme, Tag};
-pub use ledger::{DaemonRow, FileRow, IndexEntry, KnownTag, OrasArtifact, RunTotals, SpecRow};
+pub use ledger::{
+    DaemonRow, FileRow, IndexEntry, KnownTag, OrasArtifact, RunTotals, SigningKeyRow, SpecRow,
+};
 pub use run::{FileKind, ListedKind, Outcome, ProblemKind, RunCounts, Trigger};

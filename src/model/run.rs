@@ -79,6 +79,14 @@ spelled! {
         Layout = "layout",
         /// A file of an `oras-files` source, published at its mapped path.
         OrasFile = "oras_file",
+        /// The armored public signing key (`application/pgp-keys`).
+        KeyBlob = "key_blob",
+        /// `v3/manifests/key/<FINGERPRINT>.key.manifest.json`.
+        KeyManifest = "key_manifest",
+        /// The key index blob, `{"keys":{…}}`.
+        KeyIndexBlob = "key_index_blob",
+        /// `v3/manifests/key/keys.manifest.json`.
+        KeyIndexManifest = "key_index_manifest",
     }
 }
 

@@ -123,6 +123,7 @@ mod tests {
             spec_json: String::new(),
             requires: requires.iter().map(|r| (*r).to_owned()).collect(),
             source: "s".to_owned(),
+            signed_by: None,
         }
     }
 

@@ -194,13 +194,31 @@ fn issuers(sig: &Signature) -> Vec<String> {
     fingerprints.chain(key_ids).collect()
 }
 
+/// Whether `bytes` are a clearsigned message (they start as `gpg --clearsign` output does).
+pub fn is_clearsigned(bytes: &[u8]) -> bool {
+    bytes.starts_with(SIGNED_MESSAGE_HEADER)
+}
+
+/// The text a clearsigned message carries, as [`PublicKey::verify_clearsigned`] returns it, but
+/// without checking any signature: for reading what a manifest names when no key is at hand.
+pub fn signed_text(signed: &[u8]) -> Result<String, VerifyError> {
+    if !is_clearsigned(signed) {
+        return Err(VerifyError::NotClearsigned);
+    }
+    let text =
+        std::str::from_utf8(signed).map_err(|e| VerifyError::Malformed { source: e.into() })?;
+    let (message, _headers) = CleartextSignedMessage::from_string(text)
+        .map_err(|source| VerifyError::Malformed { source })?;
+    Ok(message.signed_text().replace("\r\n", "\n"))
+}
+
 impl PublicKey {
     /// Checks a clearsigned message against this key and returns the text its signature covers:
     /// dash escapes undone, trailing spaces and tabs cut, `\n` line ends, no final line break
     /// (for a Spack manifest, the manifest JSON exactly as it would be unsigned). Expiry and
     /// revocation are not checked: a genuine signature stays genuine.
     pub fn verify_clearsigned(&self, signed: &[u8]) -> Result<String, VerifyError> {
-        if !signed.starts_with(SIGNED_MESSAGE_HEADER) {
+        if !is_clearsigned(signed) {
             return Err(VerifyError::NotClearsigned);
         }
         let text =

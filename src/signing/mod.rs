@@ -24,6 +24,7 @@ mod key;
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 mod tests;
 
+pub use cleartext::{is_clearsigned, signed_text};
 pub use key::{PublicKey, SigningKey};
 
 use chrono::{DateTime, Utc};

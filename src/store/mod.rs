@@ -17,6 +17,7 @@ mod migrate;
 mod published;
 mod runs;
 mod selection;
+mod signing;
 mod sources;
 mod sql;
 
@@ -26,11 +27,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use crate::model::{DaemonRow, FileRow, KnownTag, OrasArtifact, RunTotals, SpecRow};
+pub use crate::model::{
+    DaemonRow, FileRow, KnownTag, OrasArtifact, RunTotals, SigningKeyRow, SpecRow,
+};
 use crate::model::{Digest, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger};
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
+pub use signing::SigningSummary;
 
 /// The database file inside `state.dir` ([`crate::state::LEDGER_FILE`]).
 pub const DB_FILE: &str = crate::state::LEDGER_FILE;

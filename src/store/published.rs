@@ -33,7 +33,8 @@ impl Store {
 
     pub fn specs(&self) -> Result<Vec<SpecRow>, Error> {
         let mut stmt = self.conn.prepare(
-            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires, source
+            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires, source,
+                    signed_by
              FROM specs ORDER BY name, version, hash",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -53,6 +54,7 @@ impl Store {
                     .map(str::to_owned)
                     .collect(),
                 source: r.get(10)?,
+                signed_by: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -109,13 +111,13 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO specs (hash, name, version, arch, tag, manifest_path, tarball_digest,
-                                spec_digest, spec_json, requires, run_id, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12)
+                                spec_digest, spec_json, requires, run_id, source, signed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12, ?13)
              ON CONFLICT(hash) DO UPDATE SET name = excluded.name, version = excluded.version,
                 arch = excluded.arch, tag = excluded.tag, manifest_path = excluded.manifest_path,
                 tarball_digest = excluded.tarball_digest, spec_digest = excluded.spec_digest,
                 spec_json = excluded.spec_json, requires = excluded.requires,
-                run_id = excluded.run_id",
+                run_id = excluded.run_id, signed_by = excluded.signed_by",
             params![
                 spec.hash,
                 spec.name,
@@ -128,7 +130,8 @@ impl Store {
                 spec.spec_json,
                 run_id,
                 spec.requires.join(" "),
-                source
+                source,
+                spec.signed_by
             ],
         )?;
         insert_file(&tx, run_id, manifest_file, now)?;
@@ -240,7 +243,12 @@ impl Store {
     }
 }
 
-fn insert_file(conn: &Connection, run_id: i64, file: &FileRow, now: i64) -> Result<(), Error> {
+pub(super) fn insert_file(
+    conn: &Connection,
+    run_id: i64,
+    file: &FileRow,
+    now: i64,
+) -> Result<(), Error> {
     conn.execute(
         "INSERT INTO files (path, kind, digest, size, run_id, written_at, verified_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -336,6 +344,7 @@ mod tests {
             spec_json: "{}".to_owned(),
             requires: vec!["r".repeat(32)],
             source: "main".to_owned(),
+            signed_by: None,
         };
         s.record_spec(
             id,

@@ -125,6 +125,7 @@ mod tests {
             spec_json: "{}".to_owned(),
             requires: Vec::new(),
             source: "a".to_owned(),
+            signed_by: None,
         };
         let file = FileRow {
             path: row.manifest_path.clone(),

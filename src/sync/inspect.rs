@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 
 use super::Error;
 use crate::mirror::{Hashed, Mirror};
+use crate::signing::PublicKey;
 use crate::store::Store;
 use crate::verify::{self, Observations, Observed, VerifyReport};
 
@@ -26,12 +27,14 @@ pub struct Hashing {
     pub bytes_total: u64,
 }
 
-/// Verifies the mirror against the ledger. `progress` is called before the first file and as
-/// each is hashed, `concurrency` at a time.
+/// Verifies the mirror against the ledger (and, with `signer`, each spec manifest's signature
+/// against the site key). `progress` is called before the first file and as each is hashed,
+/// `concurrency` at a time.
 pub async fn inspect(
     store: &Store,
     mirror: &Mirror,
     concurrency: usize,
+    signer: Option<&PublicKey>,
     mut progress: impl FnMut(&Hashing),
 ) -> Result<VerifyReport, Error> {
     let files = store.files()?;
@@ -64,11 +67,11 @@ pub async fn inspect(
         progress(&hashing);
     }
     drop(hashed);
-    seen.manifests = read_manifests(mirror, &verify::manifest_paths(&specs), &seen).await?;
+    seen.manifests = read_manifests(mirror, &verify::manifest_paths(&specs, &files), &seen).await?;
     let listing = mirror.walk()?;
     seen.on_disk = listing.files;
     seen.symlinks = listing.symlinks;
-    let report = verify::build_report(&files, &specs, &seen);
+    let report = verify::build_report(&files, &specs, &seen, signer);
     tracing::info!(
         checked = report.checked,
         missing = report.missing.len(),

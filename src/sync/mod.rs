@@ -21,6 +21,7 @@ mod ledger;
 mod prune;
 mod publish;
 mod select;
+mod sign;
 mod source;
 mod space;
 

@@ -118,7 +118,7 @@ impl Run<'_> {
 
     /// Removes a file the ledger records, then its row; returns its recorded size. A path the
     /// ledger does not record is never touched.
-    async fn remove_recorded(&mut self, path: &str) -> Result<Option<u64>, Failure> {
+    pub(super) async fn remove_recorded(&mut self, path: &str) -> Result<Option<u64>, Failure> {
         let Some(size) = self.files.get(path).map(|f| f.size) else {
             return Ok(None);
         };

@@ -1,5 +1,6 @@
 //! Publication, in Spack's order (spack-formats.md §5.4), and the one place that knows it:
-//! tarballs → spec blobs → spec manifests → index blob → index manifest → `v3/layout.json`.
+//! tarballs → spec blobs → (signing keys) → spec manifests → index blob → index manifest →
+//! `v3/layout.json`.
 //! Spack reads through manifests, so a blob without its manifest is invisible; a manifest is
 //! written only when everything it names is in place, and the index lists only specs whose own
 //! files and link/run dependencies are all present. Pruning will run this order backwards.
@@ -62,7 +63,9 @@ impl Run<'_> {
         }
         let installable = spack::installable(&requires);
         self.count_mirrored(&installable);
+        self.publish_keys().await?;
         self.write_spec_manifests(&ready, &installable).await?;
+        self.resign(intact).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
@@ -228,7 +231,10 @@ impl Run<'_> {
             compression: "gzip",
             checksum: spec_digest.clone(),
         };
-        let manifest = spack::spec_manifest(&spack::tarball_record(&c.image.tarball), &spec_record);
+        let manifest = self.seal(spack::spec_manifest(
+            &spack::tarball_record(&c.image.tarball),
+            &spec_record,
+        ))?;
         let manifest_digest = Digest::of(&manifest);
         if !self.is_published(&manifest_path, &manifest_digest) {
             self.mirror.write_file(&manifest_path, &manifest).await?;
@@ -245,6 +251,7 @@ impl Run<'_> {
             spec_json: spec.spec_json.clone(),
             requires: spec.requires.clone(),
             source: self.sources[c.source].config.name.clone(),
+            signed_by: self.signer(),
         };
         let file = FileRow {
             path: manifest_path.clone(),

@@ -80,7 +80,10 @@ const PURE: &[(&str, &[&str])] = &[
     ("spack", &["model", "oci", "diagnostic"]),
     ("oras", &["model", "oci", "spack"]),
     ("plan", &["model", "oci", "spack"]),
-    ("verify", &["model", "oci", "spack", "diagnostic"]),
+    (
+        "verify",
+        &["model", "oci", "spack", "diagnostic", "signing"],
+    ),
     ("signing", &["model", "spack"]),
     ("daemon::schedule", &["model"]),
 ];

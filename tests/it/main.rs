@@ -20,6 +20,7 @@ mod metrics;
 mod oras;
 mod progress;
 mod selection;
+mod signing;
 mod sources;
 mod support;
 mod symlinks;

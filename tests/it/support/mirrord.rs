@@ -241,8 +241,26 @@ pub fn files_under(dir: &Path) -> Vec<String> {
 }
 
 pub fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+    let bytes = std::fs::read(p).unwrap();
+    serde_json::from_slice(&unsigned_text(&bytes))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The text a clearsigned manifest carries (dash escapes undone); other bytes as they are.
+pub fn unsigned_text(bytes: &[u8]) -> Vec<u8> {
+    let Some(rest) = bytes.strip_prefix(b"-----BEGIN PGP SIGNED MESSAGE-----\n".as_slice()) else {
+        return bytes.to_vec();
+    };
+    let text = std::str::from_utf8(rest).unwrap();
+    let (_headers, body) = text.split_once("\n\n").unwrap();
+    let (body, _signature) = body
+        .split_once("\n-----BEGIN PGP SIGNATURE-----\n")
+        .unwrap();
+    body.split('\n')
+        .map(|l| l.strip_prefix("- ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
 }
 
 pub fn blob(root: &Path, hex: &str) -> std::path::PathBuf {
