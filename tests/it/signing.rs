@@ -420,3 +420,99 @@ fn a_key_that_cannot_sign_is_a_config_error_naming_the_file() {
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(text(&out).contains("signing.key_file"), "{}", text(&out));
 }
+
+/// A sync killed while it writes the manifests again for a new key: each manifest is whole,
+/// either its old bytes (signed by A) or its new ones (signed by B), never a mix; the mirror a
+/// reader sees stays consistent, and the next run finishes the re-signing without a download.
+#[test]
+fn a_sync_killed_while_re_signing_leaves_every_manifest_whole() {
+    use spack_mirrord::signing::PublicKey;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let reg = TestRegistry::shared();
+    let url = reg.url("signing/crash");
+    let count = 60;
+    push_generated(&url, count, 200, 1603);
+    let env = Env::new(&url);
+    let root = env.root();
+    let (a, b) = (gpg::ed25519(), gpg::rsa());
+    env.write_config(&signing_section(&env, "a", a, None));
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    let before: Vec<(PathBuf, Vec<u8>)> = spec_manifests(&root)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert_eq!(before.len(), count);
+    let key_b = PublicKey::from_armored(&b.public).unwrap();
+    let changed = |before: &[(PathBuf, Vec<u8>)]| {
+        before
+            .iter()
+            .filter(|(p, old)| std::fs::read(p).is_ok_and(|now| now != *old))
+            .count()
+    };
+
+    env.write_config(&signing_section(&env, "b", b, None));
+    let log = env.dir.path().join("sync.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
+        .args([
+            "--config",
+            env.config_path().to_str().unwrap(),
+            "sync",
+            "--now",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while changed(&before) == 0 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "sync ended ({status}) before re-signing: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never re-signed");
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut old = 0;
+    for (path, bytes) in &before {
+        let now = std::fs::read(path).unwrap();
+        if now == *bytes {
+            old += 1;
+        } else {
+            key_b
+                .verify_clearsigned(&now)
+                .unwrap_or_else(|e| panic!("{}: neither A's bytes nor B's: {e}", path.display()));
+        }
+    }
+    check_consistent(&root);
+    assert!(
+        old > 0,
+        "the kill came after every manifest was re-signed; the test saw no mid-run state"
+    );
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(downloaded(&env), (0, 0));
+    assert_signed_by_in_process(&root, &key_b);
+    assert_eq!(env.status_json()["signing"]["manifests_other"], 0);
+}
+
+/// Every spec manifest verifies with `key` (rpgp, for many files at once).
+fn assert_signed_by_in_process(root: &Path, key: &spack_mirrord::signing::PublicKey) {
+    for path in spec_manifests(root) {
+        key.verify_clearsigned(&std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
