@@ -11,3 +11,6 @@ CREATE TABLE signing_keys (
     first_run     INTEGER NOT NULL,
     retired_run   INTEGER             -- NULL: the key signing now
 );
+
+-- Each source's part of a run also counts the tags it ignored (older rows read as 0).
+ALTER TABLE run_sources ADD COLUMN tags_ignored INTEGER NOT NULL DEFAULT 0;

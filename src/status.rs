@@ -141,18 +141,10 @@ pub struct LastRun {
 pub struct SourceItem {
     pub name: String,
     pub url: String,
-    pub specs_total: u64,
-    pub specs_fetched: u64,
-    pub specs_failed: u64,
-    pub specs_skipped: u64,
-    pub blobs_fetched: u64,
-    pub bytes_fetched: u64,
-    /// Of `specs_total` (the spec tags upstream), how many its selection chose.
-    pub specs_selected: u64,
-    /// Specs the mirror serves at the end of the run that this source lists.
-    pub specs_mirrored: u64,
-    pub specs_pruned: u64,
-    pub bytes_pruned: u64,
+    /// This source's part of the run's counts (`specs_selected`: of its spec tags, how many
+    /// its selection chose; `specs_mirrored`: those it lists that the mirror serves).
+    #[serde(flatten)]
+    pub counts: RunCounts,
     pub error: Option<String>,
     /// Specs of this source in the mirror (from any run).
     pub specs_published: u64,
@@ -253,16 +245,7 @@ impl StatusReport {
                                 .map_or(0, |(_, n)| *n),
                             name: s.source,
                             url: s.url,
-                            specs_total: s.counts.specs_total,
-                            specs_fetched: s.counts.specs_fetched,
-                            specs_failed: s.counts.specs_failed,
-                            specs_skipped: s.counts.specs_skipped,
-                            blobs_fetched: s.counts.blobs_fetched,
-                            bytes_fetched: s.counts.bytes_fetched,
-                            specs_selected: s.counts.specs_selected,
-                            specs_mirrored: s.counts.specs_mirrored,
-                            specs_pruned: s.counts.specs_pruned,
-                            bytes_pruned: s.counts.bytes_pruned,
+                            counts: s.counts,
                             error: s.error,
                         })
                         .collect(),
@@ -358,19 +341,7 @@ impl StatusReport {
                     .iter()
                     .map(|s| metrics::SourceSample {
                         name: s.name.clone(),
-                        counts: RunCounts {
-                            specs_total: s.specs_total,
-                            specs_fetched: s.specs_fetched,
-                            specs_failed: s.specs_failed,
-                            specs_skipped: s.specs_skipped,
-                            blobs_fetched: s.blobs_fetched,
-                            bytes_fetched: s.bytes_fetched,
-                            specs_selected: s.specs_selected,
-                            specs_mirrored: s.specs_mirrored,
-                            specs_pruned: s.specs_pruned,
-                            bytes_pruned: s.bytes_pruned,
-                            ..RunCounts::default()
-                        },
+                        counts: s.counts.clone(),
                         up: s.error.is_none(),
                     })
                     .collect(),
@@ -477,9 +448,10 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, last: &LastRun) -> fmt::Result {
     let selective = last
         .sources
         .iter()
-        .any(|s| s.specs_selected != s.specs_total || s.specs_pruned > 0);
+        .any(|s| s.counts.specs_selected != s.counts.specs_total || s.counts.specs_pruned > 0);
     if last.sources.len() > 1 || selective || last.sources.iter().any(|s| s.error.is_some()) {
         for s in &last.sources {
+            let c = &s.counts;
             let state = s
                 .error
                 .as_deref()
@@ -489,12 +461,12 @@ fn last_run_lines(f: &mut fmt::Formatter<'_>, last: &LastRun) -> fmt::Result {
                 "source    {} ({}): {} upstream, {} selected, {} in the mirror; {} fetched, {} failed, {} pruned; {state}",
                 s.name,
                 s.url,
-                s.specs_total,
-                s.specs_selected,
-                s.specs_mirrored,
-                s.specs_fetched,
-                s.specs_failed,
-                s.specs_pruned
+                c.specs_total,
+                c.specs_selected,
+                c.specs_mirrored,
+                c.specs_fetched,
+                c.specs_failed,
+                c.specs_pruned
             )?;
         }
     }

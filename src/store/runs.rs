@@ -3,10 +3,68 @@
 //! by the next writer closed, as failed "interrupted". It holds SQL only; whether a pid is
 //! alive is the caller's answer (`is_alive`), never looked up here.
 
-use rusqlite::params;
+use rusqlite::{Row, params, params_from_iter};
 
 use super::{Error, Problem, RunRow, RunSourceRow, Store, to_i64, to_u64};
 use crate::model::{Outcome, ProblemKind, RunCounts, Trigger};
+
+/// The count columns of `runs` and `run_sources`, in the order of [`count_values`] and
+/// [`counts_from`]: the one place that spells them.
+const COUNTS: [&str; 13] = [
+    "specs_total",
+    "specs_fetched",
+    "specs_failed",
+    "specs_skipped",
+    "tags_ignored",
+    "blobs_fetched",
+    "bytes_fetched",
+    "specs_selected",
+    "specs_mirrored",
+    "specs_pruned",
+    "bytes_pruned",
+    "retries",
+    "rate_limited",
+];
+
+/// `c` as the values of [`COUNTS`].
+fn count_values(c: &RunCounts) -> [i64; 13] {
+    [
+        c.specs_total,
+        c.specs_fetched,
+        c.specs_failed,
+        c.specs_skipped,
+        c.tags_ignored,
+        c.blobs_fetched,
+        c.bytes_fetched,
+        c.specs_selected,
+        c.specs_mirrored,
+        c.specs_pruned,
+        c.bytes_pruned,
+        c.retries,
+        c.rate_limited,
+    ]
+    .map(to_i64)
+}
+
+/// The counts read from [`COUNTS`] selected from column `first` on.
+fn counts_from(r: &Row<'_>, first: usize) -> rusqlite::Result<RunCounts> {
+    let n = |i: usize| r.get::<_, i64>(first + i).map(to_u64);
+    Ok(RunCounts {
+        specs_total: n(0)?,
+        specs_fetched: n(1)?,
+        specs_failed: n(2)?,
+        specs_skipped: n(3)?,
+        tags_ignored: n(4)?,
+        blobs_fetched: n(5)?,
+        bytes_fetched: n(6)?,
+        specs_selected: n(7)?,
+        specs_mirrored: n(8)?,
+        specs_pruned: n(9)?,
+        bytes_pruned: n(10)?,
+        retries: n(11)?,
+        rate_limited: n(12)?,
+    })
+}
 
 impl Store {
     /// Starts a run. Any `running` row whose process is gone is closed as failed,
@@ -46,28 +104,14 @@ impl Store {
     }
 
     pub fn update_counts(&self, run_id: i64, c: &RunCounts) -> Result<(), Error> {
-        self.conn.execute(
-            "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
-                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8, specs_selected = ?9,
-                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12, retries = ?13,
-                 rate_limited = ?14 WHERE id = ?1",
-            params![
-                run_id,
-                to_i64(c.specs_total),
-                to_i64(c.specs_fetched),
-                to_i64(c.specs_failed),
-                to_i64(c.specs_skipped),
-                to_i64(c.tags_ignored),
-                to_i64(c.blobs_fetched),
-                to_i64(c.bytes_fetched),
-                to_i64(c.specs_selected),
-                to_i64(c.specs_mirrored),
-                to_i64(c.specs_pruned),
-                to_i64(c.bytes_pruned),
-                to_i64(c.retries),
-                to_i64(c.rate_limited)
-            ],
-        )?;
+        let set: Vec<String> = COUNTS
+            .iter()
+            .enumerate()
+            .map(|(i, col)| format!("{col} = ?{}", i + 2))
+            .collect();
+        let sql = format!("UPDATE runs SET {} WHERE id = ?1", set.join(", "));
+        let values = std::iter::once(run_id).chain(count_values(c));
+        self.conn.execute(&sql, params_from_iter(values))?;
         Ok(())
     }
 
@@ -104,69 +148,41 @@ impl Store {
 
     /// What one source contributed to a run (written as the run goes, and at its end).
     pub fn record_run_source(&self, run_id: i64, row: &RunSourceRow) -> Result<(), Error> {
-        let c = &row.counts;
-        self.conn.execute(
-            "INSERT INTO run_sources (run_id, source, url, specs_total, specs_fetched, specs_failed,
-                 specs_skipped, blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
-                 specs_pruned, bytes_pruned, retries, rate_limited)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-             ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url,
-                specs_total = excluded.specs_total, specs_fetched = excluded.specs_fetched,
-                specs_failed = excluded.specs_failed, specs_skipped = excluded.specs_skipped,
-                blobs_fetched = excluded.blobs_fetched, bytes_fetched = excluded.bytes_fetched,
-                error = excluded.error, specs_selected = excluded.specs_selected,
-                specs_mirrored = excluded.specs_mirrored, specs_pruned = excluded.specs_pruned,
-                bytes_pruned = excluded.bytes_pruned, retries = excluded.retries,
-                rate_limited = excluded.rate_limited",
-            params![
-                run_id,
-                row.source,
-                row.url,
-                to_i64(c.specs_total),
-                to_i64(c.specs_fetched),
-                to_i64(c.specs_failed),
-                to_i64(c.specs_skipped),
-                to_i64(c.blobs_fetched),
-                to_i64(c.bytes_fetched),
-                row.error,
-                to_i64(c.specs_selected),
-                to_i64(c.specs_mirrored),
-                to_i64(c.specs_pruned),
-                to_i64(c.bytes_pruned),
-                to_i64(c.retries),
-                to_i64(c.rate_limited)
-            ],
-        )?;
+        let placeholders: Vec<String> = (5..5 + COUNTS.len()).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = COUNTS
+            .iter()
+            .map(|col| format!("{col} = excluded.{col}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO run_sources (run_id, source, url, error, {})
+             VALUES (?1, ?2, ?3, ?4, {})
+             ON CONFLICT(run_id, source) DO UPDATE SET url = excluded.url, error = excluded.error,
+                {}",
+            COUNTS.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        );
+        let fixed: [&dyn rusqlite::ToSql; 4] = [&run_id, &row.source, &row.url, &row.error];
+        let counts = count_values(&row.counts);
+        let values = fixed
+            .into_iter()
+            .chain(counts.iter().map(|v| v as &dyn rusqlite::ToSql));
+        self.conn.execute(&sql, params_from_iter(values))?;
         Ok(())
     }
 
     pub fn run_sources(&self, run_id: i64) -> Result<Vec<RunSourceRow>, Error> {
-        let mut stmt = self.conn.prepare(
-            "SELECT source, url, specs_total, specs_fetched, specs_failed, specs_skipped,
-                    blobs_fetched, bytes_fetched, error, specs_selected, specs_mirrored,
-                    specs_pruned, bytes_pruned, retries, rate_limited
-             FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
-        )?;
+        let sql = format!(
+            "SELECT source, url, error, {} FROM run_sources WHERE run_id = ?1 ORDER BY rowid",
+            COUNTS.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([run_id], |r| {
             Ok(RunSourceRow {
                 source: r.get(0)?,
                 url: r.get(1)?,
-                counts: RunCounts {
-                    specs_total: to_u64(r.get(2)?),
-                    specs_fetched: to_u64(r.get(3)?),
-                    specs_failed: to_u64(r.get(4)?),
-                    specs_skipped: to_u64(r.get(5)?),
-                    tags_ignored: 0,
-                    blobs_fetched: to_u64(r.get(6)?),
-                    bytes_fetched: to_u64(r.get(7)?),
-                    specs_selected: to_u64(r.get(9)?),
-                    specs_mirrored: to_u64(r.get(10)?),
-                    specs_pruned: to_u64(r.get(11)?),
-                    bytes_pruned: to_u64(r.get(12)?),
-                    retries: to_u64(r.get(13)?),
-                    rate_limited: to_u64(r.get(14)?),
-                },
-                error: r.get(8)?,
+                error: r.get(2)?,
+                counts: counts_from(r, 3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -180,13 +196,12 @@ impl Store {
     /// The last `n` runs, newest first; a `running` row whose process is gone reads as failed,
     /// "interrupted" (as in [`Store::last_run`]).
     pub fn last_runs(&self, n: u32, is_alive: impl Fn(i64) -> bool) -> Result<Vec<RunRow>, Error> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, trigger, pid, started_at, finished_at, outcome, error, specs_total,
-                    specs_fetched, specs_failed, specs_skipped, tags_ignored, blobs_fetched,
-                    bytes_fetched, specs_selected, specs_mirrored, specs_pruned, bytes_pruned,
-                    retries, rate_limited
+        let sql = format!(
+            "SELECT id, trigger, pid, started_at, finished_at, outcome, error, {}
              FROM runs ORDER BY id DESC LIMIT ?1",
-        )?;
+            COUNTS.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([n], |r| {
             Ok(RunRow {
                 id: r.get(0)?,
@@ -196,21 +211,7 @@ impl Store {
                 finished_at: r.get(4)?,
                 outcome: r.get(5)?,
                 error: r.get(6)?,
-                counts: RunCounts {
-                    specs_total: to_u64(r.get(7)?),
-                    specs_fetched: to_u64(r.get(8)?),
-                    specs_failed: to_u64(r.get(9)?),
-                    specs_skipped: to_u64(r.get(10)?),
-                    tags_ignored: to_u64(r.get(11)?),
-                    blobs_fetched: to_u64(r.get(12)?),
-                    bytes_fetched: to_u64(r.get(13)?),
-                    specs_selected: to_u64(r.get(14)?),
-                    specs_mirrored: to_u64(r.get(15)?),
-                    specs_pruned: to_u64(r.get(16)?),
-                    bytes_pruned: to_u64(r.get(17)?),
-                    retries: to_u64(r.get(18)?),
-                    rate_limited: to_u64(r.get(19)?),
-                },
+                counts: counts_from(r, 7)?,
             })
         })?;
         let mut runs: Vec<RunRow> = rows.collect::<Result<_, _>>()?;

@@ -89,6 +89,7 @@ impl Run<'_> {
         let specs_total = self.counts.specs_total;
         self.report_progress(|p| p.specs_total = specs_total);
         self.counts.tags_ignored += plan.ignored.len() as u64;
+        self.sources[src].counts.tags_ignored = plan.ignored.len() as u64;
         for tag in &plan.ignored {
             if plan.invalid.contains(tag) {
                 tracing::debug!(tag, "tag ignored: not a valid OCI tag");
