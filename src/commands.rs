@@ -384,6 +384,16 @@ fn dry_run_text(plan: &sync::DryRun) -> String {
             );
         }
     }
+    if plan.resign > 0 {
+        let _ = writeln!(
+            out,
+            "would write {} spec manifests again, {} (no download)",
+            plan.resign,
+            plan.signing_key
+                .as_deref()
+                .map_or_else(|| "unsigned".to_owned(), |k| format!("signed with key {k}"))
+        );
+    }
     for p in &plan.problems {
         let _ = writeln!(
             out,

@@ -102,6 +102,15 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, Error> {
             signing.passphrase_file.as_deref().map(|p| resolve(path, p)),
             &mut warnings,
         )?);
+        if config
+            .sources
+            .iter()
+            .all(|s| s.layout == super::Layout::OrasFiles)
+        {
+            warnings.list.push(
+                "signing.key_file is set but every source is oras-files, whose files are published as they are: nothing will be signed".to_owned(),
+            );
+        }
     }
     config.warnings = warnings.list;
     Ok(config)

@@ -184,14 +184,17 @@ impl Component {
     }
 }
 
-/// The issuers a signature names, for an error message.
+/// The issuers a signature names, for an error message: its fingerprints, and the key ids that
+/// are not the end of one of them.
 fn issuers(sig: &Signature) -> Vec<String> {
-    let fingerprints = sig.issuer_fingerprint().into_iter().map(hex_of);
-    let key_ids = sig
+    let fingerprints: Vec<String> = sig.issuer_fingerprint().into_iter().map(hex_of).collect();
+    let key_ids: Vec<String> = sig
         .issuer_key_id()
         .into_iter()
-        .map(|id| hex::encode_upper(id.as_ref()));
-    fingerprints.chain(key_ids).collect()
+        .map(|id| hex::encode_upper(id.as_ref()))
+        .filter(|id| !fingerprints.iter().any(|f| f.ends_with(id.as_str())))
+        .collect();
+    fingerprints.into_iter().chain(key_ids).collect()
 }
 
 /// Whether `bytes` are a clearsigned message (they start as `gpg --clearsign` output does).
@@ -237,12 +240,13 @@ impl PublicKey {
             for component in self.verifiers.iter().filter(|c| anonymous || c.issued(sig)) {
                 match component.check(sig, signed_text.as_bytes()) {
                     Ok(()) => return Ok(signed_text.replace("\r\n", "\n")),
-                    Err(source) => bad = Some((component.fingerprint(), source)),
+                    // rpgp's own message (a hash prefix assertion) adds nothing for a reader.
+                    Err(_) => bad = Some(component.fingerprint()),
                 }
             }
         }
-        if let Some((signer, source)) = bad {
-            return Err(VerifyError::BadSignature { signer, source });
+        if let Some(signer) = bad {
+            return Err(VerifyError::BadSignature { signer });
         }
         named.dedup();
         Err(VerifyError::OtherKey {

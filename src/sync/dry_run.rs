@@ -29,6 +29,10 @@ pub struct DryRun {
     pub remove: Vec<DryUnwanted>,
     /// Specs no source wants that it would keep (pruning off, or within the grace).
     pub keep_unwanted: Vec<DryUnwanted>,
+    /// Spec manifests it would write again because the signing key changed (or signing was
+    /// turned on or off), and the key they would be signed with (`None`: unsigned).
+    pub resign: u64,
+    pub signing_key: Option<String>,
     /// Tags it could not judge or fetch, and environment roots no source has.
     pub problems: Vec<DryProblem>,
 }
@@ -110,6 +114,14 @@ impl Run<'_> {
         };
         let candidates = self.one_per_spec(candidates)?;
         let prune = self.plan_pruning(&candidates)?;
+        let signer = self.signer();
+        let gone: std::collections::HashSet<&str> =
+            prune.remove.iter().map(|u| u.hash.as_str()).collect();
+        let resign = intact
+            .iter()
+            .filter(|s| !gone.contains(s.hash.as_str()) && s.signed_by != signer)
+            .count() as u64;
+        drop(gone);
         let present = self.present_tarballs(&candidates);
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
         let mut fetch: Vec<DrySpec> = candidates
@@ -161,6 +173,8 @@ impl Run<'_> {
             bytes: jobs.iter().map(|j| j.size).sum(),
             remove: prune.remove.iter().map(unwanted).collect(),
             keep_unwanted: prune.waiting.iter().map(unwanted).collect(),
+            resign,
+            signing_key: signer,
             problems,
         })
     }

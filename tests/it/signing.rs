@@ -263,8 +263,15 @@ fn signing_on_a_new_key_and_off_again_cost_no_download() {
         .collect();
     assert!(key_files(&root).is_empty());
 
-    // Signing on: every manifest signed with A, no download.
+    // Signing on: the dry run says what would be written again; the run signs every manifest
+    // with A, without a download.
     env.write_config(&signing_section(&env, "a", a, None));
+    let out = env.run(&["sync", "--now", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["resign"], 3, "{plan}");
+    assert_eq!(plan["signing_key"], a.fingerprint.as_str(), "{plan}");
+    assert_unsigned(&root);
     let out = env.sync();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(downloaded(&env), (0, 0));
