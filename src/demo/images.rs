@@ -24,13 +24,6 @@ pub(super) fn spec_image_of(
 ) -> Image {
     // Dependencies first (each dependency has a smaller index), the spec itself last.
     let order: Vec<&Built> = b.closure.iter().map(|&d| &built[d]).chain([b]).collect();
-    let mut others: Vec<&Node> = b
-        .nodes
-        .iter()
-        .map(|&d| &built[d].node)
-        .chain([glibc])
-        .collect();
-    others.sort_by(|x, y| (&x.name, &x.hash).cmp(&(&y.name, &y.hash)));
     let config = ImageConfig {
         architecture: "amd64",
         os: "linux",
@@ -41,10 +34,7 @@ pub(super) fn spec_image_of(
         config: EnvConfig {
             env: ["PATH=/bin:/usr/bin"],
         },
-        spec: SpecDict {
-            meta: Meta { version: 5 },
-            nodes: std::iter::once(&b.node).chain(others).collect(),
-        },
+        spec: spec_dict(&b.node, b.nodes.iter().map(|&d| &built[d].node), glibc),
         buildcache_layout_version: 3,
         binary_cache_checksum: Checksum {
             hash_algorithm: "sha256",
@@ -81,6 +71,22 @@ pub(super) fn spec_image_of(
         manifest_media_type: types.manifest.to_owned(),
         layers: order.iter().map(|o| o.tarball.clone()).collect(),
         config,
+    }
+}
+
+/// A spec as Spack records it (in an image config, and in the install prefix's
+/// `.spack/spec.json`): the node itself first, then every other node it names, glibc
+/// included, by name and hash.
+pub(super) fn spec_dict<'a>(
+    node: &'a Node,
+    others: impl Iterator<Item = &'a Node>,
+    glibc: &'a Node,
+) -> SpecDict<'a> {
+    let mut others: Vec<&Node> = others.chain([glibc]).collect();
+    others.sort_by(|x, y| (&x.name, &x.hash).cmp(&(&y.name, &y.hash)));
+    SpecDict {
+        meta: Meta { version: 5 },
+        nodes: std::iter::once(node).chain(others).collect(),
     }
 }
 

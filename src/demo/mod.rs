@@ -212,13 +212,20 @@ pub fn generate(defs: &[SpecDef], opts: &Options) -> Cache {
         );
         planned.push(p);
     }
-    let jobs: Vec<(&Node, usize)> = planned
+    let spec_files = prefix_specs(&planned, &glibc);
+    let jobs: Vec<tarball::Job<'_>> = planned
         .iter()
         .zip(defs)
-        .map(|(p, d)| (&p.node, d.payload_bytes))
+        .zip(&spec_files)
+        .map(|((p, d), spec)| tarball::Job {
+            node: &p.node,
+            payload_bytes: d.payload_bytes,
+            spec_json: spec,
+        })
         .collect();
     let mut tarballs = tarball::parallel_tarballs(opts.seed, &jobs);
     drop(jobs);
+    drop(spec_files);
     for (i, def) in defs.iter().enumerate() {
         if let Some(j) = def.same_tarball_as {
             assert!(
@@ -289,6 +296,20 @@ fn blob(media_type: &str, data: Vec<u8>) -> Blob {
         media_type: media_type.to_owned(),
         data,
     }
+}
+
+/// The `.spack/spec.json` of each planned install prefix: `{"spec": …}`, as Spack writes it
+/// there.
+fn prefix_specs(planned: &[Planned], glibc: &Node) -> Vec<Vec<u8>> {
+    planned
+        .iter()
+        .map(|p| {
+            let nodes = p.nodes.iter().map(|&d| &planned[d].node);
+            to_json(&shapes::PrefixSpec {
+                spec: images::spec_dict(&p.node, nodes, glibc),
+            })
+        })
+        .collect()
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -74,6 +74,12 @@ pub(super) struct EnvConfig {
     pub(super) env: [&'static str; 1],
 }
 
+/// An install prefix's `.spack/spec.json`.
+#[derive(Serialize)]
+pub(super) struct PrefixSpec<'a> {
+    pub(super) spec: SpecDict<'a>,
+}
+
 #[derive(Serialize)]
 pub(super) struct SpecDict<'a> {
     #[serde(rename = "_meta")]

@@ -13,11 +13,19 @@ use super::shapes::Node;
 use super::{BINARY_DISTRIBUTION, GZIP_LEVEL, STORE, len_u64};
 use crate::model::Digest;
 
+/// One install prefix to pack.
+pub(super) struct Job<'a> {
+    pub(super) node: &'a Node,
+    pub(super) payload_bytes: usize,
+    /// Its `.spack/spec.json`.
+    pub(super) spec_json: &'a [u8],
+}
+
 /// `(diff_id, gzip bytes)` of each job's tarball, in job order. The work is split over scoped
 /// threads; each result depends only on its job, so the output is the same for any split.
-pub(super) fn parallel_tarballs(seed: u64, jobs: &[(&Node, usize)]) -> Vec<(Digest, Vec<u8>)> {
-    let one = |&(node, payload_bytes): &(&Node, usize)| {
-        let tar = install_tar(seed, node, payload_bytes);
+pub(super) fn parallel_tarballs(seed: u64, jobs: &[Job<'_>]) -> Vec<(Digest, Vec<u8>)> {
+    let one = |job: &Job<'_>| {
+        let tar = install_tar(seed, job);
         (Digest::of(&tar), gzip(&tar))
     };
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -58,8 +66,10 @@ impl SplitMix64 {
 }
 
 /// The reproducible install tarball (uncompressed): sorted members, parents included,
-/// mtime 0, uid/gid 0, dirs 0755, files 0644.
-fn install_tar(seed: u64, node: &Node, payload_bytes: usize) -> Vec<u8> {
+/// mtime 0, uid/gid 0, dirs 0755, files 0644. Its `.spack/` holds what Spack reads after
+/// extracting: `binary_distribution`, `install_manifest.json` and `spec.json`.
+fn install_tar(seed: u64, job: &Job<'_>) -> Vec<u8> {
+    let (node, payload_bytes) = (job.node, job.payload_bytes);
     let prefix = format!("{STORE}/{}-{}-{}", node.name, node.version, node.hash);
     let mut payload = vec![0u8; payload_bytes];
     let mut h = sha2::Sha256::new();
@@ -84,6 +94,16 @@ fn install_tar(seed: u64, node: &Node, payload_bytes: usize) -> Vec<u8> {
         &mut tar,
         &format!("{prefix}/.spack/binary_distribution"),
         BINARY_DISTRIBUTION.as_bytes(),
+    );
+    append(
+        &mut tar,
+        &format!("{prefix}/.spack/install_manifest.json"),
+        b"{}",
+    );
+    append(
+        &mut tar,
+        &format!("{prefix}/.spack/spec.json"),
+        job.spec_json,
     );
     append(&mut tar, &format!("{prefix}/include/"), &[]);
     append(

@@ -249,6 +249,8 @@ fn tarball_is_a_reproducible_install_prefix() {
                 format!("{prefix}/"),
                 format!("{prefix}/.spack/"),
                 format!("{prefix}/.spack/binary_distribution"),
+                format!("{prefix}/.spack/install_manifest.json"),
+                format!("{prefix}/.spack/spec.json"),
                 format!("{prefix}/include/"),
                 format!("{prefix}/include/{}.h", spec.name),
                 format!("{prefix}/lib/"),
@@ -270,11 +272,17 @@ fn tarball_is_a_reproducible_install_prefix() {
                 assert_eq!((m.mtime, m.uid), (0, 0), "{}", m.path);
             }
             assert_eq!(members[5].data, BINARY_DISTRIBUTION.as_bytes());
-            assert_eq!(members[9].data.len(), payload);
+            // The prefix's spec is the config's, under `spec`.
+            let prefix_spec: serde_json::Value = serde_json::from_slice(&members[7].data).unwrap();
+            let config: serde_json::Value =
+                serde_json::from_slice(&cache.blobs[&spec.config].data).unwrap();
+            assert_eq!(prefix_spec["spec"], config["spec"]);
+            assert_eq!(prefix_spec["spec"]["nodes"][0]["hash"], spec.hash.as_str());
+            assert_eq!(members[11].data.len(), payload);
         }
         if payload > 0 {
-            let p0 = &untar(&cache.blobs[&cache.specs[0].tarball].data).1[9].data;
-            let p1 = &untar(&cache.blobs[&cache.specs[1].tarball].data).1[9].data;
+            let p0 = &untar(&cache.blobs[&cache.specs[0].tarball].data).1[11].data;
+            let p1 = &untar(&cache.blobs[&cache.specs[1].tarball].data).1[11].data;
             assert_ne!(p0, p1, "payloads differ between specs");
         }
     }
@@ -626,8 +634,8 @@ fn same_seed_same_bytes_other_seed_other_payloads() {
     let b = generate(&defs, &opts(12));
     for (x, y) in a.specs.iter().zip(&b.specs) {
         assert_ne!(x.hash, y.hash);
-        let px = &untar(&a.blobs[&x.tarball].data).1[9].data;
-        let py = &untar(&b.blobs[&y.tarball].data).1[9].data;
+        let px = &untar(&a.blobs[&x.tarball].data).1[11].data;
+        let py = &untar(&b.blobs[&y.tarball].data).1[11].data;
         assert_eq!(px.len(), py.len());
         assert!(
             px.iter().zip(py).filter(|(p, q)| p == q).count() < px.len() / 64,
