@@ -31,6 +31,7 @@ use crate::model::{Digest, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger}
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
+pub use published::PublishedSpec;
 
 /// The database file inside `state.dir` ([`crate::state::LEDGER_FILE`]).
 pub const DB_FILE: &str = crate::state::LEDGER_FILE;

@@ -46,29 +46,7 @@ impl Store {
     }
 
     pub fn update_counts(&self, run_id: i64, c: &RunCounts) -> Result<(), Error> {
-        self.conn.execute(
-            "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
-                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8, specs_selected = ?9,
-                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12, retries = ?13,
-                 rate_limited = ?14 WHERE id = ?1",
-            params![
-                run_id,
-                to_i64(c.specs_total),
-                to_i64(c.specs_fetched),
-                to_i64(c.specs_failed),
-                to_i64(c.specs_skipped),
-                to_i64(c.tags_ignored),
-                to_i64(c.blobs_fetched),
-                to_i64(c.bytes_fetched),
-                to_i64(c.specs_selected),
-                to_i64(c.specs_mirrored),
-                to_i64(c.specs_pruned),
-                to_i64(c.bytes_pruned),
-                to_i64(c.retries),
-                to_i64(c.rate_limited)
-            ],
-        )?;
-        Ok(())
+        update_counts_on(&self.conn, run_id, c)
     }
 
     pub fn finish_run(
@@ -237,6 +215,37 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The run's counts, on `conn` (a transaction of the caller's, say).
+pub(super) fn update_counts_on(
+    conn: &rusqlite::Connection,
+    run_id: i64,
+    c: &RunCounts,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+            "UPDATE runs SET specs_total = ?2, specs_fetched = ?3, specs_failed = ?4, specs_skipped = ?5,
+                 tags_ignored = ?6, blobs_fetched = ?7, bytes_fetched = ?8, specs_selected = ?9,
+                 specs_mirrored = ?10, specs_pruned = ?11, bytes_pruned = ?12, retries = ?13,
+                 rate_limited = ?14 WHERE id = ?1",
+        )?
+        .execute(params![
+                run_id,
+                to_i64(c.specs_total),
+                to_i64(c.specs_fetched),
+                to_i64(c.specs_failed),
+                to_i64(c.specs_skipped),
+                to_i64(c.tags_ignored),
+                to_i64(c.blobs_fetched),
+                to_i64(c.bytes_fetched),
+                to_i64(c.specs_selected),
+                to_i64(c.specs_mirrored),
+                to_i64(c.specs_pruned),
+                to_i64(c.bytes_pruned),
+                to_i64(c.retries),
+                to_i64(c.rate_limited)
+            ])?;
+    Ok(())
 }
 
 #[cfg(test)]
