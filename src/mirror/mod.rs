@@ -23,9 +23,10 @@
 //! This file opens the mirror (the root's directories, the staging choice with its path from
 //! `state`), turns relative paths into paths under the root (refusing any that are not plain),
 //! and holds the error and the free-space types; `tree` holds the link-free opening of paths,
-//! `writer` the staged writes and `read` the reading back. It imports only `model`, `state`
+//! `writer` the staged writes, `batch` their publication many at a time (one durability pass) and `read` the reading back. It imports only `model`, `state`
 //! and `diagnostic::is_disk_full`.
 
+mod batch;
 mod read;
 mod tree;
 mod writer;
@@ -37,6 +38,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::model::Digest;
 use crate::state::StateDir;
 
+pub use batch::{Published, StagedFile};
 pub use read::{Hashed, Listing};
 pub use writer::BlobWriter;
 

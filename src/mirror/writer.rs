@@ -16,11 +16,12 @@ use tokio::io::AsyncWriteExt;
 
 use rustix::io::Errno;
 
+use super::batch::StagedFile;
 use super::tree::{self, Failed, Opened};
 use super::{Error, Mirror, STAGED_PREFIX};
 use crate::model::Digest;
 
-const FILE_MODE: u32 = 0o644;
+pub(super) const FILE_MODE: u32 = 0o644;
 /// Bytes buffered before a write to the staged file: also how much of an interrupted download
 /// a killed process can lose.
 const WRITE_BUFFER: usize = 256 << 10;
@@ -218,7 +219,7 @@ impl Mirror {
 }
 
 /// The staged file behind a `BlobWriter`.
-enum Staged {
+pub(super) enum Staged {
     /// Deleted when dropped unpublished.
     Temp(tempfile::TempPath),
     /// A resumable download: kept when dropped unpublished.
@@ -226,7 +227,7 @@ enum Staged {
 }
 
 impl Staged {
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         match self {
             Self::Temp(t) => t,
             Self::Kept(p) => p,
@@ -234,7 +235,7 @@ impl Staged {
     }
 
     /// After the staged file was renamed away: nothing is left to delete.
-    fn disarm(self) {
+    pub(super) fn disarm(self) {
         if let Self::Temp(t) = self {
             // Only forgets the path (no I/O on Unix); the file is already gone from it.
             drop(t.keep());
@@ -318,6 +319,44 @@ impl BlobWriter {
         expected: &Digest,
         size: Option<u64>,
     ) -> Result<u64, Error> {
+        self.check(expected, size)?;
+        self.publish(rel).await.map(|(_, len)| len)
+    }
+
+    /// [`Self::stage`] after checking the bytes against `expected` (and `size`).
+    pub async fn stage_verified(
+        self,
+        rel: &str,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<StagedFile, Error> {
+        self.check(expected, size)?;
+        self.stage(rel).await
+    }
+
+    /// Flushes and sets 0644, without fsync: the file is complete in staging, bound for `rel`,
+    /// and becomes durable and visible with its batch ([`Mirror::publish_batch`]).
+    pub async fn stage(mut self, rel: &str) -> Result<StagedFile, Error> {
+        self.mirror.split(rel)?;
+        let temp_err = |source| Error::Write {
+            path: self.staged.path().to_owned(),
+            source,
+        };
+        self.file.flush().await.map_err(temp_err)?;
+        let file = self.file.into_inner();
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .await
+            .map_err(temp_err)?;
+        drop(file);
+        Ok(StagedFile {
+            staged: self.staged,
+            rel: rel.to_owned(),
+            digest: Digest::from_hash(self.hasher.finalize().as_slice()),
+            len: self.len,
+        })
+    }
+
+    fn check(&self, expected: &Digest, size: Option<u64>) -> Result<(), Error> {
         let actual = self.digest();
         if &actual != expected {
             return Err(Error::DigestMismatch {
@@ -334,7 +373,7 @@ impl BlobWriter {
                 actual: self.len,
             });
         }
-        self.publish(rel).await.map(|(_, len)| len)
+        Ok(())
     }
 
     /// Flushes, fsyncs, sets 0644 and renames into place. Returns the digest and size.

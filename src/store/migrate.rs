@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_selection.sql"),
     include_str!("../../migrations/0007_metrics.sql"),
     include_str!("../../migrations/0008_signing.sql"),
+    include_str!("../../migrations/0009_index_inputs.sql"),
 ];
 
 /// The schema version this build writes.

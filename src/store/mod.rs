@@ -34,6 +34,7 @@ use crate::model::{Digest, IndexEntry, Outcome, ProblemKind, RunCounts, Trigger}
 use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
+pub use published::PublishedSpec;
 pub use signing::SigningSummary;
 
 /// The database file inside `state.dir` ([`crate::state::LEDGER_FILE`]).

@@ -5,10 +5,19 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Error, FileRow, OrasArtifact, SpecRow, Store, to_i64, to_u64};
-use crate::model::Digest;
+use crate::model::{Digest, RunCounts};
+
+/// One spec of a batch for [`Store::record_specs`]: the source that published it, its row, the
+/// digest of the tag's manifest and the file row of its spec manifest.
+pub struct PublishedSpec<'a> {
+    pub source: &'a str,
+    pub spec: &'a SpecRow,
+    pub manifest_digest: &'a Digest,
+    pub file: &'a FileRow,
+}
 
 impl Store {
     /// Published specs per source.
@@ -32,11 +41,53 @@ impl Store {
     }
 
     pub fn specs(&self) -> Result<Vec<SpecRow>, Error> {
-        let mut stmt = self.conn.prepare(
+        self.spec_rows(
             "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires, source,
                     signed_by
              FROM specs ORDER BY name, version, hash",
+        )
+    }
+
+    /// [`Self::specs`] without their JSON (`spec_json` is empty): what a run decides on.
+    pub fn specs_without_json(&self) -> Result<Vec<SpecRow>, Error> {
+        self.spec_rows(
+            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, '', requires, source,
+                    signed_by
+             FROM specs ORDER BY name, version, hash",
+        )
+    }
+
+    /// The JSON of the published specs in `hashes`, in hash order.
+    pub fn spec_jsons(
+        &self,
+        hashes: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash, spec_json FROM specs ORDER BY hash")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, json) = row?;
+            if hashes.contains(&hash) {
+                out.push((hash, json));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes of JSON the published specs hold (what an index of them takes).
+    pub fn spec_json_bytes(&self) -> Result<u64, Error> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(LENGTH(CAST(spec_json AS BLOB))), 0) FROM specs",
+            [],
+            |r| r.get(0),
         )?;
+        Ok(to_u64(n))
+    }
+
+    fn spec_rows(&self, sql: &str) -> Result<Vec<SpecRow>, Error> {
+        let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| {
             Ok(SpecRow {
                 hash: r.get(0)?,
@@ -109,40 +160,64 @@ impl Store {
         now: i64,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO specs (hash, name, version, arch, tag, manifest_path, tarball_digest,
-                                spec_digest, spec_json, requires, run_id, source, signed_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12, ?13)
-             ON CONFLICT(hash) DO UPDATE SET name = excluded.name, version = excluded.version,
-                arch = excluded.arch, tag = excluded.tag, manifest_path = excluded.manifest_path,
-                tarball_digest = excluded.tarball_digest, spec_digest = excluded.spec_digest,
-                spec_json = excluded.spec_json, requires = excluded.requires,
-                run_id = excluded.run_id, signed_by = excluded.signed_by",
-            params![
-                spec.hash,
-                spec.name,
-                spec.version,
-                spec.arch,
-                spec.tag,
-                spec.manifest_path,
-                spec.tarball_digest,
-                spec.spec_digest,
-                spec.spec_json,
+        insert_spec(
+            &tx,
+            run_id,
+            source,
+            spec,
+            manifest_digest,
+            manifest_file,
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a batch of published specs (each as [`Self::record_spec`] does) and the run's
+    /// counts, in one transaction.
+    pub fn record_specs(
+        &mut self,
+        run_id: i64,
+        specs: &[PublishedSpec<'_>],
+        counts: &RunCounts,
+        now: i64,
+    ) -> Result<(), Error> {
+        let tx = self.conn.transaction()?;
+        for s in specs {
+            insert_spec(
+                &tx,
                 run_id,
-                spec.requires.join(" "),
-                source,
-                spec.signed_by
-            ],
-        )?;
-        insert_file(&tx, run_id, manifest_file, now)?;
-        tx.execute(
-            "INSERT INTO source_tags (source, tag, kind, manifest_digest, spec_hash, first_seen_run,
-                                      last_seen_run)
-             VALUES (?5, ?1, 'spec', ?2, ?3, ?4, ?4)
-             ON CONFLICT(source, tag) DO UPDATE SET manifest_digest = excluded.manifest_digest,
-                spec_hash = excluded.spec_hash, last_seen_run = excluded.last_seen_run",
-            params![spec.tag, manifest_digest, spec.hash, run_id, source],
-        )?;
+                s.source,
+                s.spec,
+                s.manifest_digest,
+                s.file,
+                now,
+            )?;
+        }
+        super::runs::update_counts_on(&tx, run_id, counts)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a batch of files just renamed into place, forgets the kept downloads they
+    /// were, and updates the run's counts, in one transaction.
+    pub fn record_files(
+        &mut self,
+        run_id: i64,
+        files: &[FileRow],
+        downloads_done: &[Digest],
+        counts: &RunCounts,
+        now: i64,
+    ) -> Result<(), Error> {
+        let tx = self.conn.transaction()?;
+        for file in files {
+            insert_file(&tx, run_id, file, now)?;
+        }
+        for digest in downloads_done {
+            tx.prepare_cached("DELETE FROM partials WHERE digest = ?1")?
+                .execute([digest])?;
+        }
+        super::runs::update_counts_on(&tx, run_id, counts)?;
         tx.commit()?;
         Ok(())
     }
@@ -212,6 +287,42 @@ impl Store {
         Ok(())
     }
 
+    /// What the index in place was made of (when synthesized), with its blob's and its
+    /// manifest's digests.
+    pub fn index_inputs(&self) -> Result<Option<(Digest, Digest, Digest)>, Error> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT inputs, blob_digest, manifest_digest FROM index_inputs WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<Digest>>(0)?,
+                        r.get::<_, Digest>(1)?,
+                        r.get::<_, Digest>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.and_then(|(i, b, m)| i.map(|i| (i, b, m))))
+    }
+
+    /// Records what the index just published was made of (`None`: the registry's copy).
+    pub fn set_index_inputs(
+        &self,
+        inputs: Option<&Digest>,
+        blob_digest: &Digest,
+        manifest_digest: &Digest,
+    ) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO index_inputs (id, inputs, blob_digest, manifest_digest) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET inputs = excluded.inputs,
+                blob_digest = excluded.blob_digest, manifest_digest = excluded.manifest_digest",
+            params![inputs, blob_digest, manifest_digest],
+        )?;
+        Ok(())
+    }
+
     /// Notes that the download of `digest` is kept at `path` with `offset` bytes.
     pub fn record_partial(
         &self,
@@ -243,27 +354,79 @@ impl Store {
     }
 }
 
+fn insert_spec(
+    conn: &Connection,
+    run_id: i64,
+    source: &str,
+    spec: &SpecRow,
+    manifest_digest: &Digest,
+    manifest_file: &FileRow,
+    now: i64,
+) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO specs (hash, name, version, arch, tag, manifest_path, tarball_digest,
+                                spec_digest, spec_json, requires, run_id, source, signed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12, ?13)
+             ON CONFLICT(hash) DO UPDATE SET name = excluded.name, version = excluded.version,
+                arch = excluded.arch, tag = excluded.tag, manifest_path = excluded.manifest_path,
+                tarball_digest = excluded.tarball_digest, spec_digest = excluded.spec_digest,
+                spec_json = excluded.spec_json, requires = excluded.requires,
+                run_id = excluded.run_id, signed_by = excluded.signed_by",
+    )?
+    .execute(params![
+        spec.hash,
+        spec.name,
+        spec.version,
+        spec.arch,
+        spec.tag,
+        spec.manifest_path,
+        spec.tarball_digest,
+        spec.spec_digest,
+        spec.spec_json,
+        run_id,
+        spec.requires.join(" "),
+        source,
+        spec.signed_by
+    ])?;
+    insert_file(conn, run_id, manifest_file, now)?;
+    conn.prepare_cached(
+        "INSERT INTO source_tags (source, tag, kind, manifest_digest, spec_hash, first_seen_run,
+                                      last_seen_run)
+             VALUES (?5, ?1, 'spec', ?2, ?3, ?4, ?4)
+             ON CONFLICT(source, tag) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+                spec_hash = excluded.spec_hash, last_seen_run = excluded.last_seen_run",
+    )?
+    .execute(params![
+        spec.tag,
+        manifest_digest,
+        spec.hash,
+        run_id,
+        source
+    ])?;
+    Ok(())
+}
+
 pub(super) fn insert_file(
     conn: &Connection,
     run_id: i64,
     file: &FileRow,
     now: i64,
 ) -> Result<(), Error> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO files (path, kind, digest, size, run_id, written_at, verified_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
          ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, digest = excluded.digest,
             size = excluded.size, run_id = excluded.run_id, written_at = excluded.written_at,
             verified_at = excluded.verified_at",
-        params![
-            file.path,
-            file.kind,
-            file.digest,
-            to_i64(file.size),
-            run_id,
-            now
-        ],
-    )?;
+    )?
+    .execute(params![
+        file.path,
+        file.kind,
+        file.digest,
+        to_i64(file.size),
+        run_id,
+        now
+    ])?;
     Ok(())
 }
 

@@ -104,15 +104,7 @@ impl Store {
     }
 
     pub fn update_counts(&self, run_id: i64, c: &RunCounts) -> Result<(), Error> {
-        let set: Vec<String> = COUNTS
-            .iter()
-            .enumerate()
-            .map(|(i, col)| format!("{col} = ?{}", i + 2))
-            .collect();
-        let sql = format!("UPDATE runs SET {} WHERE id = ?1", set.join(", "));
-        let values = std::iter::once(run_id).chain(count_values(c));
-        self.conn.execute(&sql, params_from_iter(values))?;
-        Ok(())
+        update_counts_on(&self.conn, run_id, c)
     }
 
     pub fn finish_run(
@@ -238,6 +230,24 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The run's counts, on `conn` (a transaction of the caller's, say).
+pub(super) fn update_counts_on(
+    conn: &rusqlite::Connection,
+    run_id: i64,
+    c: &RunCounts,
+) -> Result<(), Error> {
+    let set: Vec<String> = COUNTS
+        .iter()
+        .enumerate()
+        .map(|(i, col)| format!("{col} = ?{}", i + 2))
+        .collect();
+    let sql = format!("UPDATE runs SET {} WHERE id = ?1", set.join(", "));
+    let values = std::iter::once(run_id).chain(count_values(c));
+    conn.prepare_cached(&sql)?
+        .execute(params_from_iter(values))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Downloads: one blob streamed into the staging directory while hashed, resumed with `Range`
 //! after a transient failure, verified against its digest and size, then published at its
-//! path under the root by `mirror`. Also the ledger's record of kept downloads (`partials`):
+//! path under the root by `mirror`, alone or (tarballs) with its batch. Also the ledger's record of kept downloads (`partials`):
 //! matched with the staging directory at the start of a run, noted when a download stops,
 //! and discarded when a run fails.
 
 use super::{Run, now};
 use crate::error::{Cause, Failure};
-use crate::mirror::{BlobWriter, Mirror};
+use crate::mirror::{BlobWriter, Mirror, StagedFile};
 use crate::model::Digest;
 use crate::registry::{self, RegistryClient};
 use crate::spack::Descriptor;
@@ -53,7 +53,25 @@ pub(super) async fn download(
     d: &Descriptor,
     dest: &str,
 ) -> Result<u64, Failure> {
+    let staged = download_staged(registry, mirror, d, dest).await?;
+    let published = mirror.publish_batch(vec![staged]).await?;
+    Ok(published.iter().map(|p| p.len).sum())
+}
+
+/// [`download`] up to the verified file in staging, bound for `dest`: complete, not yet
+/// durable nor published (its batch does that, [`Mirror::publish_batch`]). A kept download
+/// that is already whole and right costs no request.
+pub(super) async fn download_staged(
+    registry: &RegistryClient,
+    mirror: &Mirror,
+    d: &Descriptor,
+    dest: &str,
+) -> Result<StagedFile, Failure> {
     let mut writer = mirror.resume_writer(&d.digest, d.size).await?;
+    if writer.len() == d.size && writer.digest() == d.digest {
+        tracing::debug!(digest = %d.digest, "kept download is complete");
+        return Ok(writer.stage_verified(dest, &d.digest, Some(d.size)).await?);
+    }
     let mut attempt = 1;
     loop {
         let offset = writer.len();
@@ -62,9 +80,7 @@ pub(super) async fn download(
         }
         match receive(registry, &mut writer, d, offset).await {
             Ok(()) if writer.len() == d.size && writer.digest() == d.digest => {
-                return Ok(writer
-                    .publish_verified(dest, &d.digest, Some(d.size))
-                    .await?);
+                return Ok(writer.stage_verified(dest, &d.digest, Some(d.size)).await?);
             }
             // Wrong bytes: a corrupting proxy or CDN edge usually serves the right ones on the
             // next GET, so fetch it again from byte 0, as long as attempts remain.

@@ -99,6 +99,7 @@ pub async fn dry_run(
         jobs: Vec::new(),
         wanted: None,
         dry_run: true,
+        stat_files: full,
     };
     run.plan_only(full).await.map_err(Error::Plan)
 }

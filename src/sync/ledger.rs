@@ -72,11 +72,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Whether a ledger-recorded file is present under the root with its recorded size.
+    /// Whether a ledger-recorded file is present under the root with its recorded size: the
+    /// ledger's word (a row follows the rename), checked on disk only with `--full`.
     pub(super) fn is_intact(&self, path: &str) -> bool {
         self.files
             .get(path)
-            .is_some_and(|f| self.mirror.size_of(path) == Some(f.size))
+            .is_some_and(|f| !self.stat_files || self.mirror.size_of(path) == Some(f.size))
     }
 
     /// Whether the ledger records `path` with `digest` and the file is intact.
@@ -84,11 +85,12 @@ impl Run<'_> {
         self.is_intact(path) && self.files.get(path).is_some_and(|f| f.digest == *digest)
     }
 
-    /// The published specs whose manifest, tarball and spec blob are all intact.
+    /// The published specs whose manifest, tarball and spec blob are all intact, without
+    /// their JSON (`spec_json` is empty; [`crate::store::Store::spec_jsons`] loads it).
     pub(super) fn intact_specs(&self) -> Result<Vec<SpecRow>, Failure> {
         Ok(self
             .store
-            .specs()?
+            .specs_without_json()?
             .into_iter()
             .filter(|s| {
                 self.is_intact(&s.manifest_path)

@@ -14,6 +14,7 @@
 //! `inspect` (the `verify` command's reading of ledger and mirror) and `discard` (what
 //! `verify --repair` removes before its sync) live in the `inspect` submodule.
 
+mod batch;
 mod download;
 mod dry_run;
 mod inspect;
@@ -134,6 +135,9 @@ struct Run<'a> {
     wanted: Option<HashSet<String>>,
     /// A dry run: plans, writes nothing under the root, records into a copy of the ledger.
     dry_run: bool,
+    /// Whether a recorded file's presence is checked on disk (`--full`); otherwise the
+    /// ledger's word is taken, and a no-op run costs no `stat` per file.
+    stat_files: bool,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -194,6 +198,7 @@ async fn run_in_span(
         jobs: Vec::new(),
         wanted: None,
         dry_run: false,
+        stat_files: opts.full,
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
         Ok(r) => r,

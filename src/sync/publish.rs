@@ -8,19 +8,31 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
+use sha2::Digest as _;
 
-use super::download::download;
+use super::batch::BATCH_FILES;
 use super::{Candidate, Run, now};
-use crate::error::{Failure, Scope};
+use crate::error::Failure;
 use crate::model::{Digest, FileKind, IndexEntry};
 use crate::plan::{self, IndexSource, RegistryIndex};
-use crate::registry::RegistryClient;
 use crate::spack::{self, Descriptor};
-use crate::store::{FileRow, RegistryIndexRow, SpecRow};
+use crate::store::{FileRow, PublishedSpec, RegistryIndexRow, SpecRow};
 
 /// Largest index blob accepted from the registry.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+/// A spec manifest about to be published: the candidate's source, the rows that will record
+/// it, and its bytes unless the same manifest is already in place.
+struct SpecToPublish {
+    src: usize,
+    row: SpecRow,
+    tag_manifest: Digest,
+    file: FileRow,
+    bytes: Option<Vec<u8>>,
+}
+
+/// An index blob to publish: its digest, size, and its bytes unless it is already in place.
+type IndexBlob = (Digest, u64, Option<Vec<u8>>);
 
 fn entry(name: &str, version: &str) -> IndexEntry {
     IndexEntry {
@@ -36,48 +48,51 @@ impl Run<'_> {
         candidates: Vec<Candidate>,
         intact: &[SpecRow],
     ) -> Result<(), Failure> {
-        let kept_json = intact
-            .iter()
-            .map(|s| s.spec_json.len() as u64)
-            .fold(0, u64::saturating_add);
+        let kept_json = self.store.spec_json_bytes()?;
         let ready = self.fetch_tarballs(candidates, kept_json).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
         let ready = self.write_spec_blobs(ready).await?;
 
-        // Every spec the mirror can now serve, old and new: what it needs, its JSON and its
-        // name as the index gives it.
+        // Every spec the mirror can now serve, old and new: what it needs, its spec blob and
+        // its name as the index gives it.
         let mut requires: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut specs: BTreeMap<&str, (&str, IndexEntry)> = BTreeMap::new();
+        let mut specs: HashMap<String, (Digest, IndexEntry)> = HashMap::new();
         let old = intact
             .iter()
-            .map(|s| (&s.hash, &s.requires, &s.spec_json, &s.name, &s.version));
-        let new = ready.iter().map(|(c, _)| {
+            .map(|s| (&s.hash, &s.requires, &s.spec_digest, &s.name, &s.version));
+        let new = ready.iter().map(|(c, d)| {
             let s = &c.spec;
-            (&s.hash, &s.requires, &s.spec_json, &s.name, &s.version)
+            (&s.hash, &s.requires, d, &s.name, &s.version)
         });
-        for (hash, needs, json, name, version) in old.chain(new) {
+        for (hash, needs, blob, name, version) in old.chain(new) {
             requires.insert(hash.clone(), needs.clone());
-            specs.insert(hash, (json, entry(name, version)));
+            specs.insert(hash.clone(), (blob.clone(), entry(name, version)));
         }
         let installable = spack::installable(&requires);
+        drop(requires);
         self.count_mirrored(&installable);
         self.publish_keys().await?;
         self.write_spec_manifests(&ready, &installable).await?;
+        drop(ready);
         self.resign(intact).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        let (jsons, listed): (Vec<&str>, BTreeMap<String, IndexEntry>) = installable
-            .iter()
-            .filter_map(|h| {
-                specs
-                    .get(h.as_str())
-                    .map(|(j, e)| (*j, (h.clone(), e.clone())))
-            })
-            .unzip();
-        self.publish_index(&listed, &jsons).await?;
+        let mut inputs = sha2::Sha256::new();
+        let mut listed: BTreeMap<String, IndexEntry> = BTreeMap::new();
+        for h in &installable {
+            if let Some((blob, e)) = specs.get(h.as_str()) {
+                for part in [h.as_str(), &e.name, &e.version, &blob.to_string()] {
+                    inputs.update(part.as_bytes());
+                    inputs.update([0]);
+                }
+                listed.insert(h.clone(), e.clone());
+            }
+        }
+        let inputs = Digest::from_hash(inputs.finalize().as_slice());
+        self.publish_index(&listed, &inputs).await?;
         self.publish_layout().await
     }
 
@@ -107,41 +122,12 @@ impl Run<'_> {
             from.entry(c.image.tarball.digest.clone())
                 .or_insert(c.source);
         }
-        let registries: Vec<Arc<RegistryClient>> = self
-            .sources
-            .iter()
-            .map(|s| Arc::clone(&s.registry))
-            .collect();
-        let mirror = self.mirror.clone();
         let tasks: Vec<(usize, Descriptor)> = jobs
             .into_iter()
             .map(|d| (from.get(&d.digest).copied().unwrap_or(0), d))
             .collect();
-        let mut results = futures_util::stream::iter(tasks)
-            .map(move |(src, d)| {
-                let (registry, mirror) = (Arc::clone(&registries[src]), mirror.clone());
-                async move {
-                    let r = download(&registry, &mirror, &d, &spack::blob_path(&d.digest)).await;
-                    (src, d, r)
-                }
-            })
-            .buffer_unordered(self.config.concurrency);
-        let mut failed: HashMap<Digest, String> = HashMap::new();
-        while let Some(Some((src, d, r))) = self.cancel.run_until_cancelled(results.next()).await {
-            match r {
-                Ok(size) => {
-                    let path = spack::blob_path(&d.digest);
-                    self.downloaded(src, &path, FileKind::Tarball, &d.digest, size)?;
-                }
-                Err(f) if f.scope == Scope::Item => {
-                    tracing::warn!(digest = %d.digest, error = &f as &dyn std::error::Error, "tarball rejected");
-                    self.note_partial(&d.digest)?;
-                    failed.insert(d.digest.clone(), crate::diagnostic::error_chain(&f));
-                }
-                Err(f) => return Err(f),
-            }
-        }
-        drop(results);
+        let failed: HashMap<Digest, String> =
+            self.download_tarballs(tasks).await?.into_iter().collect();
         if self.cancel.is_cancelled() {
             return Ok(Vec::new());
         }
@@ -167,35 +153,67 @@ impl Run<'_> {
             .collect()
     }
 
-    /// Writes each candidate's spec blob; returns them with its digest.
+    /// Writes each candidate's spec blob, in batches; returns them with its digest.
     async fn write_spec_blobs(
         &mut self,
         candidates: Vec<Candidate>,
     ) -> Result<Vec<(Candidate, Digest)>, Failure> {
-        let mut ready = Vec::new();
+        let mut ready = Vec::with_capacity(candidates.len());
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         for c in candidates {
             let blob = spack::spec_blob(&c.spec);
             let digest = Digest::of(&blob);
             let path = spack::blob_path(&digest);
-            if !self.is_intact(&path) {
-                self.mirror.write_file(&path, &blob).await?;
-                self.record_file(&path, FileKind::SpecBlob, &digest, blob.len() as u64)?;
+            if !self.is_intact(&path) && !batch.iter().any(|(p, _)| *p == path) {
+                batch.push((path, blob));
             }
             ready.push((c, digest));
+            if batch.len() >= BATCH_FILES {
+                self.publish_small(std::mem::take(&mut batch), FileKind::SpecBlob)
+                    .await?;
+            }
         }
+        self.publish_small(batch, FileKind::SpecBlob).await?;
         Ok(ready)
     }
 
-    /// Writes the spec manifest of each installable candidate; the others are failed, naming
-    /// the dependencies the mirror cannot serve.
+    /// Publishes small files as one batch, then records them in one transaction.
+    async fn publish_small(
+        &mut self,
+        batch: Vec<(String, Vec<u8>)>,
+        kind: FileKind,
+    ) -> Result<(), Failure> {
+        let rows = self
+            .mirror
+            .write_batch(batch)
+            .await?
+            .into_iter()
+            .map(|p| FileRow {
+                path: p.rel,
+                kind,
+                digest: p.digest,
+                size: p.len,
+            })
+            .collect();
+        self.record_rows(rows, &[])
+    }
+
+    /// Writes the spec manifest of each installable candidate, in batches; the others are
+    /// failed, naming the dependencies the mirror cannot serve.
     async fn write_spec_manifests(
         &mut self,
         ready: &[(Candidate, Digest)],
         installable: &BTreeSet<String>,
     ) -> Result<(), Failure> {
+        let mut batch = Vec::new();
         for (c, spec_digest) in ready {
             if installable.contains(&c.spec.hash) {
-                self.publish_spec(c, spec_digest).await?;
+                if let Some(spec) = self.spec_manifest(c, spec_digest)? {
+                    batch.push(spec);
+                }
+                if batch.len() >= BATCH_FILES {
+                    self.publish_specs(std::mem::take(&mut batch)).await?;
+                }
             } else {
                 let missing: Vec<&str> = c
                     .spec
@@ -213,15 +231,23 @@ impl Run<'_> {
                 self.fail_item(c.source, c.tag.as_str(), &msg)?;
             }
         }
-        Ok(())
+        self.publish_specs(batch).await
     }
 
-    /// Writes the spec manifest (its blobs are in place) and records the spec.
-    async fn publish_spec(&mut self, c: &Candidate, spec_digest: &Digest) -> Result<(), Failure> {
+    /// The spec manifest of a candidate whose blobs are in place, with the rows that record
+    /// it; `None` when its path cannot be made (the candidate is failed).
+    fn spec_manifest(
+        &mut self,
+        c: &Candidate,
+        spec_digest: &Digest,
+    ) -> Result<Option<SpecToPublish>, Failure> {
         let spec = &c.spec;
         let manifest_path = match spack::spec_manifest_path(&spec.name, &spec.version, &spec.hash) {
             Ok(p) => p,
-            Err(e) => return self.fail_item_with(c.source, c.tag.as_str(), &e.into()),
+            Err(e) => {
+                self.fail_item_with(c.source, c.tag.as_str(), &e.into())?;
+                return Ok(None);
+            }
         };
         let spec_path = spack::blob_path(spec_digest);
         let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
@@ -236,9 +262,6 @@ impl Run<'_> {
             &spec_record,
         ))?;
         let manifest_digest = Digest::of(&manifest);
-        if !self.is_published(&manifest_path, &manifest_digest) {
-            self.mirror.write_file(&manifest_path, &manifest).await?;
-        }
         let row = SpecRow {
             hash: spec.hash.clone(),
             name: spec.name.clone(),
@@ -254,22 +277,52 @@ impl Run<'_> {
             signed_by: self.signer(),
         };
         let file = FileRow {
-            path: manifest_path.clone(),
+            path: manifest_path,
             kind: FileKind::SpecManifest,
             digest: manifest_digest,
             size: manifest.len() as u64,
         };
-        self.store.record_spec(
-            self.run_id,
-            &row.source,
-            &row,
-            &c.manifest_digest,
-            &file,
-            now(),
-        )?;
-        self.files.insert(manifest_path, file);
-        self.count_fetched(c.source)?;
-        tracing::debug!(tag = %c.tag, spec = %spec.name, hash = %spec.hash, "spec published");
+        let bytes = (!self.is_published(&file.path, &file.digest)).then_some(manifest);
+        Ok(Some(SpecToPublish {
+            src: c.source,
+            row,
+            tag_manifest: c.manifest_digest.clone(),
+            file,
+            bytes,
+        }))
+    }
+
+    /// Writes a batch of spec manifests (their blobs are in place), then records the specs
+    /// in one transaction.
+    async fn publish_specs(&mut self, batch: Vec<SpecToPublish>) -> Result<(), Failure> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .filter_map(|s| s.bytes.clone().map(|b| (s.file.path.clone(), b)))
+            .collect();
+        self.mirror.write_batch(files).await?;
+        for s in &batch {
+            self.counts.specs_fetched += 1;
+            self.sources[s.src].counts.specs_fetched += 1;
+        }
+        let rows: Vec<PublishedSpec<'_>> = batch
+            .iter()
+            .map(|s| PublishedSpec {
+                source: &s.row.source,
+                spec: &s.row,
+                manifest_digest: &s.tag_manifest,
+                file: &s.file,
+            })
+            .collect();
+        self.store
+            .record_specs(self.run_id, &rows, &self.counts, now())?;
+        drop(rows);
+        for s in batch {
+            tracing::debug!(tag = %s.row.tag, spec = %s.row.name, hash = %s.row.hash, "spec published");
+            self.files.insert(s.file.path.clone(), s.file);
+        }
         Ok(())
     }
 
@@ -364,7 +417,7 @@ impl Run<'_> {
     async fn publish_index(
         &mut self,
         installable: &BTreeMap<String, IndexEntry>,
-        jsons: &[&str],
+        inputs: &Digest,
     ) -> Result<(), Failure> {
         let single = (self.sources.len() == 1
             && self.sources[0].error.is_none()
@@ -416,11 +469,10 @@ impl Run<'_> {
                             "the registry's index is not copied; synthesizing one"
                         );
                     }
-                    let hashes: BTreeSet<String> = installable.keys().cloned().collect();
-                    let bytes = spack::synthesize_index(jsons, &hashes).map_err(Failure::run)?;
-                    let digest = Digest::of(&bytes);
-                    let size = bytes.len() as u64;
-                    let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
+                    let Some((digest, size, bytes)) = self.synthesize(installable, inputs)? else {
+                        tracing::debug!(specs = installable.len(), "index unchanged");
+                        return Ok(());
+                    };
                     (digest, size, bytes, "synthesized")
                 }
             };
@@ -438,7 +490,12 @@ impl Run<'_> {
         let manifest = spack::index_manifest(&record);
         let manifest_digest = Digest::of(&manifest);
         let path = spack::INDEX_MANIFEST_PATH;
+        // What the index in place was made of, for the next run (a copy depends on the
+        // registry, so its inputs are recorded as none).
+        let made_of = (origin == "synthesized").then_some(inputs);
         if self.is_published(path, &manifest_digest) {
+            self.store
+                .set_index_inputs(made_of, &blob_digest, &manifest_digest)?;
             return Ok(());
         }
         self.mirror.write_file(path, &manifest).await?;
@@ -446,6 +503,8 @@ impl Run<'_> {
         self.record_file(path, FileKind::IndexManifest, &manifest_digest, size)?;
         // The blob is now the current one: it becomes the newest in the ledger.
         self.record_file(&blob_path, FileKind::IndexBlob, &blob_digest, blob_size)?;
+        self.store
+            .set_index_inputs(made_of, &blob_digest, &manifest_digest)?;
         tracing::info!(specs = installable.len(), digest = %blob_digest, origin, "index published");
         for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
             self.mirror.remove(&stale).await?;
@@ -454,6 +513,32 @@ impl Run<'_> {
             tracing::debug!(path = stale, "old index blob removed");
         }
         Ok(())
+    }
+
+    /// The synthesized index of `installable`: its digest, size and bytes (none when that blob
+    /// is in place). `None` when the index in place was made of the same `inputs` (the same
+    /// specs with the same blobs) and is intact: it stands, and nothing is synthesized again.
+    fn synthesize(
+        &self,
+        installable: &BTreeMap<String, IndexEntry>,
+        inputs: &Digest,
+    ) -> Result<Option<IndexBlob>, Failure> {
+        if let Some((known, blob, manifest)) = self.store.index_inputs()?
+            && known == *inputs
+            && self.is_intact(&spack::blob_path(&blob))
+            && self.is_published(spack::INDEX_MANIFEST_PATH, &manifest)
+        {
+            return Ok(None);
+        }
+        let hashes: BTreeSet<String> = installable.keys().cloned().collect();
+        let jsons = self.store.spec_jsons(&hashes)?;
+        let jsons: Vec<&str> = jsons.iter().map(|(_, j)| j.as_str()).collect();
+        let bytes = spack::synthesize_index(&jsons, &hashes).map_err(Failure::run)?;
+        drop(jsons);
+        let digest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
+        Ok(Some((digest, size, bytes)))
     }
 
     /// `v3/layout.json`, written once.

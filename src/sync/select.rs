@@ -197,8 +197,17 @@ impl Run<'_> {
             }
         }
         let mut learned = Vec::new();
-        for spec in intact.iter().filter(|s| !facts.contains_key(&s.hash)) {
-            learned.extend(spec_facts_or_none(&spec.spec_json));
+        // The ledger's specs are loaded without their JSON: read it only for those whose facts
+        // are not recorded.
+        let missing: std::collections::BTreeSet<String> = intact
+            .iter()
+            .filter(|s| !facts.contains_key(&s.hash))
+            .map(|s| s.hash.clone())
+            .collect();
+        if !missing.is_empty() {
+            for (_, json) in self.store.spec_jsons(&missing)? {
+                learned.extend(spec_facts_or_none(&json));
+            }
         }
         self.remember_facts(&learned)?;
         for f in learned {

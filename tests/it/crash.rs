@@ -181,3 +181,103 @@ fn a_sync_killed_while_pruning_leaves_a_consistent_mirror_and_the_next_finishes(
     }
     eprintln!("pruning interrupted midway in {interrupted_midway} attempt(s)");
 }
+
+/// Files under `dir` (recursively), none when it is not there yet.
+fn count_under(dir: &std::path::Path) -> usize {
+    if dir.is_dir() {
+        files_under(dir).len()
+    } else {
+        0
+    }
+}
+
+/// Batched durability, killed: a sync of many small specs (tarballs published in batches,
+/// then spec blobs and spec manifests in batches) is killed at several moments of those
+/// phases. After each kill every file under the root hashes to its name, every manifest's
+/// blobs are there, the index lists only specs whose manifest is there, every file the ledger
+/// records is present and intact (a row follows the rename), and the next sync completes.
+#[test]
+fn a_sync_killed_during_batched_publication_leaves_a_consistent_mirror() {
+    let reg = TestRegistry::shared();
+    let repo = "crash/batches";
+    let count = 160;
+    let cache = push_generated(&reg.url(repo), count, 3_000, 1003);
+    let front = GhcrFront::start(
+        reg.addr(),
+        FrontOptions {
+            throttle_bytes_per_sec: Some(60_000),
+            ..FrontOptions::default()
+        },
+    );
+    let env = Env::new(&front.url(repo));
+    let blobs = env.root().join("blobs");
+    let manifests = env.root().join("v3/manifests/spec");
+
+    // Kill once some tarballs are in, then once most are, then as soon as spec manifests
+    // appear (or the run ends first: the mirror must be right either way).
+    let points: [Point; 3] = [
+        (
+            "some tarballs",
+            Box::new(|e: &Env| count_under(&e.root().join("blobs")) >= 20),
+        ),
+        (
+            "most tarballs",
+            Box::new(move |e: &Env| count_under(&e.root().join("blobs")) >= count * 3 / 4),
+        ),
+        (
+            "spec manifests",
+            Box::new(|e: &Env| count_under(&e.root().join("v3/manifests/spec")) >= 1),
+        ),
+    ];
+    let mut ended_first = 0;
+    for (name, reached) in &points {
+        let mut child = spawn_sync(&env, Stdio::null(), Stdio::null());
+        let start = Instant::now();
+        let killed = loop {
+            if reached(&env) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never reached {name}"
+            );
+            std::thread::yield_now();
+        };
+        if !killed {
+            ended_first += 1;
+        }
+        check_consistent(&env.root());
+        let out = env.run(&["verify", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{name}: verify --json printed no JSON ({e}): {}",
+                text(&out)
+            )
+        });
+        assert_eq!(v["missing"], serde_json::json!([]), "{name}: {v}");
+        assert_eq!(v["corrupt"], serde_json::json!([]), "{name}: {v}");
+        if killed {
+            let run = env.status_json()["last_run"].clone();
+            assert_eq!(run["error"], "interrupted", "{name}: {run}");
+        }
+    }
+    assert!(ended_first < points.len(), "no kill landed during the run");
+    assert!(count_under(&blobs) > 0);
+
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_consistent(&env.root());
+    check_mirror(&env.root(), &cache.specs.iter().collect::<Vec<_>>());
+    assert_eq!(count_under(&manifests), count);
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "success", "{run}");
+    eprintln!(
+        "batched publication: {ended_first} of {} runs ended before their kill",
+        points.len()
+    );
+}

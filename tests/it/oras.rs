@@ -186,9 +186,9 @@ fn catalog_discovery_mirrors_each_artifact_under_its_directory_and_a_resync_fetc
     assert_eq!(run["specs_fetched"], 0);
     assert_eq!(run["blobs_fetched"], 0);
 
-    // A file deleted from the mirror is fetched again, and only it.
+    // A file deleted from the mirror is fetched again by a full run, and only it.
     std::fs::remove_file(root.join(&files[1].repo)).unwrap();
-    let out = env.sync();
+    let out = env.run(&["sync", "--now", "--full"]);
     assert!(out.status.success(), "{}", text(&out));
     let run = env.status_json()["last_run"].clone();
     assert_eq!(run["blobs_fetched"], 1, "{run}");

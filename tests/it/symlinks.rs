@@ -28,10 +28,11 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The sync fails (exit 1, run `failed`) naming the link, and nothing lands behind it.
+/// A full sync (which looks for every recorded file, so finds those behind the link missing)
+/// fails (exit 1, run `failed`) naming the link, and nothing lands behind it.
 fn assert_sync_refuses(env: &Env, link: &str, outside: &Path) {
     let path = env.root().join(link).display().to_string();
-    let out = env.sync();
+    let out = env.run(&["sync", "--now", "--full"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -92,9 +93,10 @@ fn a_symlinked_spec_manifest_directory_fails_the_sync_and_verify_and_is_left_to_
     );
     assert_eq!(entries(&outside), Vec::<String>::new());
 
-    // Once a person removes it, a sync restores a real directory.
+    // Once a person removes it, a full sync (which looks at every recorded file) restores a
+    // real directory.
     std::fs::remove_file(env.root().join(&link)).unwrap();
-    let out = env.sync();
+    let out = env.run(&["sync", "--now", "--full"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(env.root().join(&link).is_dir());
     check_mirror(&env.root(), &cache.specs.iter().collect::<Vec<_>>());

@@ -60,7 +60,7 @@ fn first_sync_builds_a_v3_mirror_and_a_second_fetches_nothing() {
 }
 
 #[test]
-fn a_deleted_blob_is_restored_by_the_next_sync() {
+fn a_deleted_blob_is_trusted_to_the_ledger_until_a_full_sync_restores_it() {
     let reg = TestRegistry::shared();
     let url = reg.url("e2e/restore");
     let cache = push_generated(&url, 4, 20_000, 202);
@@ -69,7 +69,13 @@ fn a_deleted_blob_is_restored_by_the_next_sync() {
     let victim = blob(&env.root(), cache.specs[2].tarball.hex());
     std::fs::remove_file(&victim).unwrap();
 
+    // A plain run takes the ledger's word for what it published: no stat per file.
     let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.status_json()["last_run"]["blobs_fetched"], 0);
+    assert!(!victim.exists());
+
+    let out = env.run(&["sync", "--now", "--full"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sha256_file(&victim), cache.specs[2].tarball.hex());
     let run = env.status_json()["last_run"].clone();

@@ -3,13 +3,13 @@
 //! re-checks known ones with `HEAD`, and the manifest and config of each tag to fetch are read
 //! and checked against each other. What comes out are candidates for `publish`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 
 use crate::error::{Failure, Scope};
-use crate::model::{Digest, ListedKind, Tag};
+use crate::model::{Digest, KnownTag, ListedKind, Tag};
 use crate::plan;
 use crate::registry::RegistryClient;
 use crate::spack::{self, ConfigVerdict};
@@ -52,7 +52,8 @@ impl Run<'_> {
             })
             .map(|(tag, _)| tag.clone())
             .collect();
-        let mut plan = self.plan_tags(src, &remote, &intact_tags, full)?;
+        let mut plan = self.plan_tags(src, &remote, &known, &intact_tags, full)?;
+        drop(remote);
         self.sources[src].has_index = plan.has_index;
         let changed = self.recheck(src, std::mem::take(&mut plan.recheck)).await?;
         plan.fetch.extend(changed);
@@ -77,13 +78,12 @@ impl Run<'_> {
         &mut self,
         src: usize,
         remote: &[String],
+        known: &HashMap<String, KnownTag>,
         intact_tags: &HashSet<String>,
         full: bool,
     ) -> Result<plan::SyncPlan, Failure> {
         let name = self.sources[src].config.name.clone();
-        let known = self.store.known_tags(&name)?;
-        let plan = plan::plan_sync(remote, &known, intact_tags, full);
-        drop(known);
+        let plan = plan::plan_sync(remote, known, intact_tags, full);
         self.counts.specs_total += plan.spec_tags.len() as u64;
         self.sources[src].counts.specs_total = plan.spec_tags.len() as u64;
         let specs_total = self.counts.specs_total;
