@@ -122,7 +122,7 @@ impl Run<'_> {
                     (src, d, r)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let mut failed: HashMap<Digest, String> = HashMap::new();
         while let Some(Some((src, d, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
