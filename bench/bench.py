@@ -219,6 +219,8 @@ class Case:
         self.extra = {}
         self.registry = None
         self.proxy = None
+        # Set while `--compare-bin` runs: a binary that may not know every key.
+        self.older = False
 
     def url(self, port=None):
         return f"oci+http://127.0.0.1:{port or self.registry.port}/{self.repo}"
@@ -238,15 +240,18 @@ class Case:
             f'[source]\nurl = "{self.url(port)}"\n'
             f'[mirror]\nroot = "{out / "mirror"}"\n'
             f'[state]\ndir = "{out / "state"}"\n'
-            f"[sync]\nconcurrency = {CONCURRENCY}\n"
-            '[log]\nlevel = "warn"\n'
+            f"[sync]\nconcurrency = {self.args.concurrency}\n"
+            + (f"max_concurrency = {self.args.max_concurrency}\n" if self.args.max_concurrency and not self.older else "")
+            +             '[log]\nlevel = "warn"\n'
         )
         return cfg
 
     def product_sync(self, cfg, out, label):
         """One `sync --now`; returns its sample and the requests it made."""
         secs, rss = timed(
-            [self.args.bin, "--config", str(cfg), "sync", "--now", "--quiet"], self.log(label), out
+            [self.args.compare_bin if self.older else self.args.bin, "--config", str(cfg), "sync", "--now", "--quiet"],
+            self.log(label),
+            out,
         )
         reqs = self.registry.since_mark()
         return {"seconds": secs, "rss": rss, **summary(reqs)}, reqs
@@ -374,17 +379,18 @@ class Case:
         shutil.rmtree(out)
         self.extra["new_spec_product"] = sample
 
-    def latency(self):
+    def latency(self, expect_specs=None, rounds=None, tag=""):
+        expect_specs = self.specs + 1 if expect_specs is None else expect_specs
         ms = self.args.latency_ms
         self.proxy = Proxy(self.registry.port, ms, self.log("proxy"))
         say(f"== {self.name} through a proxy adding {ms} ms per request (127.0.0.1:{self.proxy.port})")
         samples = []
-        for rnd in range(self.args.rounds):
-            out = self.work / f"latency-{rnd}"
+        for rnd in range(rounds or self.args.rounds):
+            out = self.work / f"latency-{tag}{rnd}"
             out.mkdir()
             cfg = self.config(out, self.proxy.port)
-            sample, _ = self.product_sync(cfg, out, f"latency-{rnd}")
-            self.check_run(cfg, self.specs + 1)
+            sample, _ = self.product_sync(cfg, out, f"latency-{tag}{rnd}")
+            self.check_run(cfg, expect_specs)
             shutil.rmtree(out)
             samples.append(sample)
             say(f"   round {rnd + 1}: product  {sample['seconds']:8.2f} s  {sample['requests']:6} requests")
@@ -569,6 +575,45 @@ def report(cases, args, started, workdir_fs):
     return "\n".join(lines) + "\n", ratios
 
 
+def latency_only(args, work):
+    """`--latency-specs N`: N tiny specs, cold runs through the delaying proxy only."""
+    n, ms = args.latency_specs, args.latency_ms
+    case = Case("latency", n, 256, f"{n} tiny specs behind {ms} ms", work, args)
+    try:
+        reg_dir = case.work / "registry"
+        reg_dir.mkdir()
+        case.registry = Registry(reg_dir)
+        say(f"== {case.about}; registry on 127.0.0.1:{case.registry.port}")
+        case.push(n)
+        runs = [(args.bin, False)] + ([(args.compare_bin, True)] if args.compare_bin else [])
+        results = []
+        for rnd in range(args.rounds):
+            for binary, older in runs if rnd % 2 == 0 else runs[::-1]:
+                case.older = older
+                case.latency(expect_specs=n, rounds=1, tag=f"{'older' if older else 'bin'}-{rnd}")
+                results.append((binary, case.samples.pop("latency")[0]))
+    finally:
+        case.close()
+    max_c = args.max_concurrency or "unset"
+    lines = [
+        f"# Latency: {n} specs behind {ms} ms ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"{machine()}; sync.concurrency {args.concurrency}, sync.max_concurrency {max_c} "
+        f"(not written for --compare-bin); the bound is requests × latency ÷ {CONCURRENCY}. {args.note}",
+        "",
+        "| binary | seconds (median, spread) | requests | bound | seconds ÷ bound |",
+        "|---|---|---|---|---|",
+    ]
+    for binary, _ in runs:
+        lat = [x for b, x in results if b == binary]
+        reqs = med(lat, "requests")
+        bound = reqs * ms / 1000 / CONCURRENCY
+        lines.append(f"| {binary} | {spread(lat)} | {int(reqs)} | {bound:.2f} | {med(lat) / bound:.2f} |")
+    lines.append("")
+    lines += [f"- {b}: {x['seconds']:.2f} s, {x['requests']} requests" for b, x in results]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True, help="the spack-mirrord binary")
@@ -577,6 +622,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="bulk,many,blob", help="comma-separated: bulk, many, blob")
     ap.add_argument("--latency-ms", type=int, default=50)
+    ap.add_argument("--latency-specs", type=int, default=0, help="run only the latency case, with N specs")
+    ap.add_argument("--concurrency", type=int, default=CONCURRENCY, help="sync.concurrency of the product")
+    ap.add_argument("--max-concurrency", type=int, default=0, help="sync.max_concurrency (default: unset)")
+    ap.add_argument("--compare-bin", default="", help="with --latency-specs: another spack-mirrord to run in turn")
     ap.add_argument("--tmpdir", default=os.environ.get("BENCH_TMPDIR") or tempfile.gettempdir())
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""), help="a line for the results file")
@@ -599,6 +648,21 @@ def main():
             f"{args.tmpdir} has {free / MIB:.0f} MiB free, the benchmark needs about {need / MIB:.0f} MiB; "
             "set BENCH_TMPDIR to a roomier directory"
         )
+    if args.latency_specs:
+        work = Path(tempfile.mkdtemp(prefix="spack-mirrord-bench.", dir=args.tmpdir))
+        try:
+            text = latency_only(args, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        results = Path(args.results)
+        results.mkdir(parents=True, exist_ok=True)
+        out = results / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-latency-{args.latency_specs}.md"
+        with open(out, "a") as f:
+            f.write(text + "\n")
+        say(text)
+        say(f"== appended to {out}")
+        return
     work = Path(tempfile.mkdtemp(prefix="spack-mirrord-bench.", dir=args.tmpdir))
     fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
     started = datetime.datetime.now(datetime.timezone.utc)

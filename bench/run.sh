@@ -6,8 +6,11 @@
 #   bench/run.sh            full sizes (bulk ~600 MB / 40 specs, 10,000 tiny specs, one 1 GiB blob)
 #   bench/run.sh --quick    reduced sizes, a few minutes
 #
+#   bench/run.sh --latency-specs 2000   only the latency case: 2,000 tiny specs behind the proxy
+#
 # Other options go to bench/bench.py (--rounds N, --cases bulk,many,blob, --latency-ms MS,
-# --keep, --note TEXT). Temporary data goes to $BENCH_TMPDIR (default: $TMPDIR or /tmp).
+# --concurrency N and --max-concurrency N for the product's sync keys, --keep, --note TEXT).
+# Temporary data goes to $BENCH_TMPDIR (default: $TMPDIR or /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +24,17 @@ need() {
 need cargo "install a Rust toolchain (rustup.rs)"
 need python3 "apt-get install -y python3"
 need docker-registry "apt-get install -y docker-registry"
-need skopeo "apt-get install -y skopeo"
-need curl "apt-get install -y curl"
+case " $* " in
+*" --latency-specs "*) ;;
+*)
+    need skopeo "apt-get install -y skopeo"
+    need curl "apt-get install -y curl"
+    curl --help all 2>/dev/null | grep -q -- '--parallel-max' || fail "curl $(curl --version | head -1 | cut -d' ' -f2) has no --parallel-max (needs 7.66 or later)"
+    ;;
+esac
 need sync "coreutils"
 need stat "coreutils"
 [ -x /usr/bin/time ] || fail "/usr/bin/time is missing: apt-get install -y time"
-curl --help all 2>/dev/null | grep -q -- '--parallel-max' || fail "curl $(curl --version | head -1 | cut -d' ' -f2) has no --parallel-max (needs 7.66 or later)"
 
 echo "== building (release)"
 cargo build --release --locked --features demo --bin spack-mirrord --example demo-cache

@@ -3,7 +3,8 @@
 //! ends at once; SIGHUP reloads; SIGUSR1 runs now), a watch on the config file, the pid file,
 //! and systemd notifications (`READY`, `STATUS`, `WATCHDOG`, `RELOADING`, `STOPPING`).
 //!
-//! Reloaded keys apply to the next run: `source.*`, `sync.concurrency`, `sync.schedule`.
+//! Reloaded keys apply to the next run: `source.*`, `sync.concurrency`, `sync.max_concurrency`,
+//! `sync.schedule`.
 //! `mirror.root`, `state.dir` and `log.*` take effect after a restart.
 
 pub mod schedule;
@@ -365,6 +366,7 @@ async fn reload_loop(
                 tracing::info!(
                     sources = new.sources.len(),
                     concurrency = new.concurrency,
+                    max_concurrency = new.max_concurrency,
                     schedule = %new.schedule_text,
                     "configuration reloaded"
                 );

@@ -116,7 +116,12 @@ impl Default for FileState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSync {
+    /// Requests in flight to each registry at the start of a run.
     pub concurrency: i64,
+    /// The most the number in flight may grow to while latency is the limit; unset: 32, or
+    /// `concurrency` when that is more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
     pub schedule: String,
     pub on_start: bool,
     pub run_timeout: String,
@@ -126,6 +131,7 @@ impl Default for FileSync {
     fn default() -> Self {
         Self {
             concurrency: 8,
+            max_concurrency: None,
             schedule: "0 0 */2 * * *".to_owned(),
             on_start: true,
             run_timeout: "12h".to_owned(),

@@ -192,7 +192,10 @@ pub struct Config {
     pub run_timeout: Duration,
     pub mirror_root: PathBuf,
     pub state_dir: PathBuf,
+    /// Requests in flight to each registry at the start of a run.
     pub concurrency: usize,
+    /// The most in flight to each registry once the window has grown (≥ `concurrency`).
+    pub max_concurrency: usize,
     pub schedule: cron::Schedule,
     pub schedule_text: String,
     pub on_start: bool,
@@ -294,6 +297,7 @@ pub struct EffectiveSource {
 #[derive(Debug, Serialize)]
 pub struct EffectiveSync {
     pub concurrency: usize,
+    pub max_concurrency: usize,
     pub schedule: String,
     pub on_start: bool,
     pub run_timeout: String,
@@ -349,6 +353,7 @@ impl Config {
             },
             sync: EffectiveSync {
                 concurrency: self.concurrency,
+                max_concurrency: self.max_concurrency,
                 schedule: self.schedule_text.clone(),
                 on_start: self.on_start,
                 run_timeout: humantime::format_duration(self.run_timeout).to_string(),

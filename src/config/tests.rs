@@ -75,6 +75,27 @@ fn defaults_with_a_url_validate() {
 }
 
 #[test]
+fn max_concurrency_defaults_to_32_or_the_start_and_is_never_below_it() {
+    let max_of = |start: i64, max: Option<i64>| {
+        let mut f = file("oci://ghcr.io/a/b");
+        (f.sync.concurrency, f.sync.max_concurrency) = (start, max);
+        check(f)
+            .map(|c| c.max_concurrency)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(max_of(8, None), Ok(32));
+    assert_eq!(max_of(64, None), Ok(64));
+    assert_eq!(max_of(8, Some(8)), Ok(8));
+    for bad in [Some(7), Some(-1), Some(1025)] {
+        let err = max_of(8, bad).unwrap_err();
+        assert!(
+            err.contains("sync.max_concurrency") && err.contains("(8)"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn missing_url_names_the_key() {
     let err = err_of(FileConfig::default());
     assert!(err.contains("source.url"), "{err}");

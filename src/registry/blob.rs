@@ -8,16 +8,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::StatusCode;
 
-use super::{Error, RegistryClient};
+use super::{Error, RegistryClient, Slot};
 use crate::model::Digest;
 
 impl RegistryClient {
     /// A small blob (a config, the index), read whole and verified.
     pub async fn fetch_small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, Error> {
-        let url = self.v2_url(&format!("blobs/{digest}"));
-        self.with_retry("blob", || async {
-            let resp = self.send(reqwest::Method::GET, &url, &[]).await?;
-            let body = Self::body(&url, resp, limit).await?;
+        let url = &self.v2_url(&format!("blobs/{digest}"));
+        self.with_retry("blob", |slot| async move {
+            let resp = self.send(&slot, reqwest::Method::GET, url, &[]).await?;
+            let body = Self::body(url, resp, limit).await?;
             let actual = Digest::of(&body);
             if &actual != digest {
                 return Err(Error::Digest {
@@ -41,13 +41,20 @@ impl RegistryClient {
         } else {
             Vec::new()
         };
-        let resp = self
-            .with_retry("blob", || self.send(reqwest::Method::GET, &url, &headers))
+        let (url_ref, headers) = (&url, &headers);
+        let (resp, slot) = self
+            .with_retry("blob", |slot| async move {
+                let resp = self
+                    .send(&slot, reqwest::Method::GET, url_ref, headers)
+                    .await?;
+                Ok((resp, slot))
+            })
             .await?;
         let resumed = offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT;
         Ok(BlobBody {
             url,
             resp,
+            slot,
             resumed,
             stall: self.network.stall_timeout,
         })
@@ -58,6 +65,8 @@ impl RegistryClient {
 pub struct BlobBody {
     url: String,
     resp: reqwest::Response,
+    /// The body's place in the window, held until it is dropped.
+    slot: Slot,
     resumed: bool,
     stall: Duration,
 }
@@ -92,7 +101,7 @@ impl BlobBody {
     /// The next piece of the body; `None` at the end. No byte within the stall limit is an
     /// error (transient: the caller resumes).
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
-        match tokio::time::timeout(self.stall, self.resp.chunk()).await {
+        let r = match tokio::time::timeout(self.stall, self.resp.chunk()).await {
             Ok(r) => r.map_err(|source| Error::Connect {
                 url: self.url.clone(),
                 source,
@@ -101,6 +110,10 @@ impl BlobBody {
                 url: self.url.clone(),
                 limit: self.stall,
             }),
+        };
+        if r.is_err() {
+            self.slot.failed();
         }
+        r
     }
 }

@@ -65,15 +65,17 @@ impl RegistryClient {
         let mut tags = BTreeSet::new();
         for _ in 0..MAX_TAG_PAGES {
             seen_urls.insert(url.clone());
+            let page_url = &url;
             let (page, next) = self
-                .with_retry(what, || async {
-                    let resp = self.send(reqwest::Method::GET, &url, &[]).await?;
+                .with_retry(what, |slot| async move {
+                    let url = page_url;
+                    let resp = self.send(&slot, reqwest::Method::GET, url, &[]).await?;
                     let next = resp
                         .headers()
                         .get(LINK)
                         .and_then(|v| v.to_str().ok())
                         .and_then(next_link);
-                    let body = Self::body(&url, resp, 64 << 20).await?;
+                    let body = Self::body(url, resp, 64 << 20).await?;
                     Ok((body, next))
                 })
                 .await?;

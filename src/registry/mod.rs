@@ -10,17 +10,22 @@
 //! This file holds the client itself (construction, the token flow, one request with its auth
 //! and 429 handling, the per-request retry loop, whole-body reads) and the manifests; the
 //! `Error` type and its predicates. `list` pages tags and the catalog, `blob` downloads blobs,
-//! `retry` times retries and the pacer, `push` uploads demo data (feature `demo` only).
+//! `retry` times retries and the pacer, `window` decides how many requests may be in flight and
+//! `flow` hands out their places (each attempt of a request holds one, a streamed body until
+//! it is read), `push` uploads demo data (feature `demo` only).
 //! Nothing here decides what to mirror, parses Spack content or writes files: callers check,
 //! hash and store.
 
 mod blob;
+mod flow;
 mod list;
 #[cfg(feature = "demo")]
 mod push;
 mod retry;
+mod window;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -35,7 +40,14 @@ pub use retry::{parse_body_retry_after, parse_retry_after, retry_delay};
 
 use crate::model::{Credentials, Digest, Network, RepoRef, Scheme};
 use crate::oci;
-use retry::{Pacer, RETRY_AFTER_FLOOR};
+use flow::{Flow, Slot, answer_of};
+use retry::RETRY_AFTER_FLOOR;
+use window::{Answer, Kind};
+
+/// Requests in flight to a registry when nothing else is said (`sync.concurrency`), and the
+/// most the window may grow to (`sync.max_concurrency`).
+const DEFAULT_CONCURRENCY: usize = 8;
+const DEFAULT_MAX_CONCURRENCY: usize = 32;
 
 /// Upper bound for a manifest body.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -150,10 +162,10 @@ pub struct RegistryClient {
     http: reqwest::Client,
     token: RwLock<Option<String>>,
     network: Network,
-    pacer: Pacer,
-    /// Requests tried again, and 429 answers, since the client was made.
-    retries: AtomicU64,
-    rate_limited: AtomicU64,
+    credentials: Credentials,
+    /// The pacer, the window of requests in flight, and the counts of retries and 429
+    /// answers since the client was made; shared with its siblings.
+    flow: Arc<Flow>,
 }
 
 impl RegistryClient {
@@ -235,10 +247,30 @@ impl RegistryClient {
             http,
             token: RwLock::new(None),
             network: network.clone(),
-            pacer: Pacer::new(network.max_requests_per_second),
-            retries: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
+            credentials: credentials.clone(),
+            flow: Arc::new(Flow::new(
+                &repo.registry,
+                network.max_requests_per_second,
+                DEFAULT_CONCURRENCY,
+                DEFAULT_MAX_CONCURRENCY,
+            )),
         })
+    }
+
+    /// Sets the window of requests in flight: `start` at first, adapted up to `cap`.
+    #[must_use]
+    pub fn with_window(self, start: usize, cap: usize) -> Self {
+        self.flow.reset_window(start, cap);
+        self
+    }
+
+    /// A client for another repository of the same registry, with the same credentials and
+    /// network settings, sharing this one's pacer, window and counts (its token is its own:
+    /// tokens are scoped per repository).
+    pub fn sibling(&self, repo: &RepoRef) -> Result<Self, Error> {
+        let mut client = Self::with_network(repo, &self.credentials, &self.network)?;
+        client.flow = Arc::clone(&self.flow);
+        Ok(client)
     }
 
     pub fn repo(&self) -> &RepoRef {
@@ -268,7 +300,7 @@ impl RegistryClient {
     /// Called at the start of a run so a bad credential fails the run at once, clearly.
     pub async fn authenticate(&self) -> Result<(), Error> {
         let auth = self.auth.read().await.clone();
-        self.pacer.turn().await;
+        self.flow.pacer.turn().await;
         let token = self
             .oci
             .auth(&self.reference, &auth, RegistryOperation::Pull)
@@ -296,8 +328,10 @@ impl RegistryClient {
     /// One request with the current token. A 401 renews the token once; a 403 while using
     /// credentials retries once anonymously (an expired token is refused even on public
     /// repositories); a 429 holds every request to the registry back for its `Retry-After`.
+    /// Each answer (and a connection failure) is told to the window `slot` is in.
     async fn send(
         &self,
+        slot: &Slot,
         method: reqwest::Method,
         url: &str,
         headers: &[(reqwest::header::HeaderName, String)],
@@ -314,12 +348,22 @@ impl RegistryClient {
             } else if let RegistryAuth::Basic(u, p) = &*self.auth.read().await {
                 req = req.basic_auth(u, Some(p));
             }
-            self.pacer.turn().await;
-            let resp = req.send().await.map_err(|source| Error::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+            self.flow.pacer.turn().await;
+            let sent = tokio::time::Instant::now();
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(source) => {
+                    self.flow
+                        .answered(slot.mark(), sent.elapsed(), Answer::Failed);
+                    return Err(Error::Connect {
+                        url: url.to_owned(),
+                        source,
+                    });
+                }
+            };
             let status = resp.status();
+            self.flow
+                .answered(slot.mark(), sent.elapsed(), answer_of(status));
             if status == StatusCode::UNAUTHORIZED && !renewed {
                 renewed = true;
                 tracing::debug!(url, "token refused; renewing");
@@ -381,8 +425,8 @@ impl RegistryClient {
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 "rate limited by the registry; slowing down"
             );
-            self.pacer.hold(wait);
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.flow.pacer.hold(wait);
+            self.flow.rate_limited.fetch_add(1, Ordering::Relaxed);
             Some(wait)
         } else {
             retry_after
@@ -410,20 +454,26 @@ impl RegistryClient {
     }
 
     /// Runs `op` with the per-request time limit, retrying transient failures with backoff.
+    /// Each attempt waits for a place in the window and holds it while it runs (`op` may keep
+    /// it, in a streamed body); the backoff between attempts holds none.
     async fn with_retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Error>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Slot) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let mut attempt = 1;
         loop {
             let limit = self.network.request_timeout;
-            let result = match tokio::time::timeout(limit, op()).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
+            let slot = self.flow.slot(kind_of(what)).await;
+            let mark = slot.mark();
+            let result = if let Ok(r) = tokio::time::timeout(limit, op(slot)).await {
+                r
+            } else {
+                self.flow.answered(mark, limit, Answer::Failed);
+                Err(Error::Timeout {
                     url: what.to_owned(),
                     limit,
-                }),
+                })
             };
             match result {
                 Err(e) if e.is_transient() && attempt < self.network.max_attempts => {
@@ -446,15 +496,20 @@ impl RegistryClient {
 
     /// Counts one more attempt after a transient failure (downloads count their own).
     pub fn note_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.flow.retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Retries and 429 answers so far.
+    /// Retries and 429 answers so far (siblings' included).
     pub fn request_stats(&self) -> (u64, u64) {
         (
-            self.retries.load(Ordering::Relaxed),
-            self.rate_limited.load(Ordering::Relaxed),
+            self.flow.retries.load(Ordering::Relaxed),
+            self.flow.rate_limited.load(Ordering::Relaxed),
         )
+    }
+
+    /// The window of requests in flight now, and the most that were in flight at once.
+    pub fn in_flight_stats(&self) -> (usize, usize) {
+        self.flow.in_flight_stats()
     }
 
     /// The number of attempts a transient failure gets.
@@ -489,17 +544,18 @@ impl RegistryClient {
     /// A manifest by tag or digest, with the digest of its bytes (checked against the
     /// registry's `Docker-Content-Digest` when it sends one).
     pub async fn fetch_manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest), Error> {
-        let url = self.v2_url(&format!("manifests/{reference}"));
-        self.with_retry("manifest", || async {
+        let url = &self.v2_url(&format!("manifests/{reference}"));
+        self.with_retry("manifest", |slot| async move {
             let resp = self
                 .send(
+                    &slot,
                     reqwest::Method::GET,
-                    &url,
+                    url,
                     &[(ACCEPT, oci::manifest_accept())],
                 )
                 .await?;
             let claimed = header_digest(&resp);
-            let body = Self::body(&url, resp, MAX_MANIFEST_BYTES).await?;
+            let body = Self::body(url, resp, MAX_MANIFEST_BYTES).await?;
             let actual = Digest::of(&body);
             let expected = reference.parse::<Digest>().ok().or(claimed);
             if let Some(expected) = expected
@@ -519,16 +575,18 @@ impl RegistryClient {
     /// A small text document from anywhere (a list of repositories), without the registry's
     /// credentials: the URL may be on another host.
     pub async fn fetch_text(&self, url: &str) -> Result<String, Error> {
-        self.with_retry("list", || async {
-            let resp = self
-                .http
-                .get(url)
-                .send()
-                .await
-                .map_err(|source| Error::Connect {
+        self.with_retry("list", |slot| async move {
+            let sent = tokio::time::Instant::now();
+            let resp = self.http.get(url).send().await.map_err(|source| {
+                self.flow
+                    .answered(slot.mark(), sent.elapsed(), Answer::Failed);
+                Error::Connect {
                     url: url.to_owned(),
                     source,
-                })?;
+                }
+            })?;
+            self.flow
+                .answered(slot.mark(), sent.elapsed(), answer_of(resp.status()));
             if !resp.status().is_success() {
                 return Err(self.status_error(url, resp).await);
             }
@@ -543,12 +601,13 @@ impl RegistryClient {
 
     /// The digest the registry gives for a tag (HEAD), without fetching the manifest.
     pub async fn manifest_digest(&self, tag: &str) -> Result<Option<Digest>, Error> {
-        let url = self.v2_url(&format!("manifests/{tag}"));
-        self.with_retry("manifest HEAD", || async {
+        let url = &self.v2_url(&format!("manifests/{tag}"));
+        self.with_retry("manifest HEAD", |slot| async move {
             let resp = self
                 .send(
+                    &slot,
                     reqwest::Method::HEAD,
-                    &url,
+                    url,
                     &[(ACCEPT, oci::manifest_accept())],
                 )
                 .await?;
@@ -569,6 +628,15 @@ struct ErrorEntry {
     code: String,
     #[serde(default)]
     message: String,
+}
+
+/// The kind of request `with_retry`'s `what` names, for the window.
+fn kind_of(what: &str) -> Kind {
+    match what {
+        "manifest" | "manifest HEAD" => Kind::Manifest,
+        "blob" => Kind::Blob,
+        _ => Kind::Other,
+    }
 }
 
 fn header_digest(resp: &reqwest::Response) -> Option<Digest> {

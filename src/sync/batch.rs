@@ -87,7 +87,7 @@ impl Run<'_> {
                     (src, d, r)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let cancel = self.cancel;
         let mut failed = Vec::new();
         let mut pending = Pending::default();

@@ -199,6 +199,17 @@ impl Run<'_> {
         self.counts.rate_limited = 0;
         for src in &mut self.sources {
             let (retries, rate_limited) = src.registry.request_stats();
+            let (window, peak) = src.registry.in_flight_stats();
+            if peak > 0 {
+                tracing::info!(
+                    source = %src.config.name,
+                    peak_in_flight = peak,
+                    window,
+                    retries,
+                    rate_limited,
+                    "requests in flight"
+                );
+            }
             src.counts.retries = retries;
             src.counts.rate_limited = rate_limited;
             self.counts.retries += retries;

@@ -236,7 +236,8 @@ fn open_sources(config: &Config) -> Result<Vec<SourceState>, Failure> {
     for source in &config.sources {
         let registry =
             RegistryClient::with_network(&source.repo, &source.credentials, &source.network)
-                .map_err(Failure::run)?;
+                .map_err(Failure::run)?
+                .with_window(config.concurrency, config.max_concurrency);
         sources.push(SourceState {
             config: source.clone(),
             registry: Arc::new(registry),

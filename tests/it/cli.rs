@@ -58,6 +58,39 @@ fn the_config_path_can_come_from_the_environment_and_env_overrides_keys() {
 }
 
 #[test]
+fn max_concurrency_comes_from_the_environment_and_below_the_start_exits_78() {
+    let env = Env::new("oci+http://127.0.0.1:9/x");
+    let path = env.config_path();
+    let check = |value: &str| {
+        run_binary(
+            &["--config", path.to_str().unwrap(), "config", "check"],
+            &[("SPACK_MIRRORD_SYNC__MAX_CONCURRENCY", value)],
+        )
+    };
+    let out = check("48");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("max_concurrency = 48"),
+        "{}",
+        text(&out)
+    );
+    // The test config starts at 4.
+    let out = check("3");
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`sync.max_concurrency` is 3; it must be between sync.concurrency (4)"),
+        "{stderr}"
+    );
+    let out = env.run(&["config", "check"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("max_concurrency = 32"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn config_check_never_shows_the_password() {
     let env = Env::new("oci+http://127.0.0.1:9/x");
     std::fs::write(env.dir.path().join("pw"), "hunter2-secret\n").unwrap();

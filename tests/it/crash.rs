@@ -57,7 +57,7 @@ fn a_killed_sync_leaves_a_consistent_mirror_and_the_next_one_resumes() {
     let env = Env::new(&front.url(repo));
     let cfg = std::fs::read_to_string(env.config_path())
         .unwrap()
-        .replace("concurrency = 4", "concurrency = 1");
+        .replace("concurrency = 4", "concurrency = 1\nmax_concurrency = 1");
     std::fs::write(env.config_path(), cfg).unwrap();
     let total: u64 = cache.specs.iter().map(|s| s.tarball_size).sum();
 

@@ -7,6 +7,7 @@
 //! The single integration-test binary: one shared `docker-registry` serves every test, each
 //! in its own repository.
 
+mod adaptive;
 mod architecture;
 mod auth;
 mod cli;

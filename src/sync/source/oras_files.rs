@@ -11,7 +11,8 @@
 //! 4. When all of an artifact's files are in place its manifest digest and paths are recorded.
 //!
 //! A failure fails that artifact (`fail_item`, named by its relative repository); the others
-//! go on. Tokens are scoped per repository, so each artifact gets its own client.
+//! go on. Tokens are scoped per repository, so each artifact gets its own client, sharing the
+//! source's window of requests in flight, pacer and counts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use futures_util::StreamExt;
 
 use super::ListingError;
 use crate::error::{Failure, Scope};
-use crate::model::{Credentials, Digest, FileKind, ListedKind, Network, RepoRef};
+use crate::model::{Digest, FileKind, ListedKind, RepoRef};
 use crate::oras;
 use crate::registry::RegistryClient;
 use crate::spack::Descriptor;
@@ -131,27 +132,17 @@ impl Run<'_> {
         src: usize,
         look: Vec<(String, Option<Digest>)>,
     ) -> Result<Vec<Artifact>, Failure> {
-        let source = &self.sources[src].config;
-        let (base, credentials, network, tag) = (
-            source.repo.clone(),
-            source.credentials.clone(),
-            source.network.clone(),
-            source.oras.tag.clone(),
-        );
+        let parent = Arc::clone(&self.sources[src].registry);
+        let tag = self.sources[src].config.oras.tag.clone();
         let mut results = futures_util::stream::iter(look)
             .map(move |(rel, old)| {
-                let (base, credentials, network, tag) = (
-                    base.clone(),
-                    credentials.clone(),
-                    network.clone(),
-                    tag.clone(),
-                );
+                let (parent, tag) = (Arc::clone(&parent), tag.clone());
                 async move {
-                    let r = look_up(&base, &credentials, &network, &rel, &tag, old.as_ref()).await;
+                    let r = look_up(&parent, &rel, &tag, old.as_ref()).await;
                     (rel, r)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let mut artifacts = Vec::new();
         while let Some(Some((rel, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
@@ -268,7 +259,7 @@ impl Run<'_> {
                     (d, out)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let mut failed: HashMap<String, String> = HashMap::new();
         let mut written: HashSet<String> = HashSet::new();
         while let Some(Some((d, out))) = self.cancel.run_until_cancelled(results.next()).await {
@@ -362,20 +353,20 @@ impl Run<'_> {
 }
 
 /// The manifest of one artifact, parsed and mapped to mirror paths. With `old` (a known
-/// digest, `--full`), a `HEAD` first: an unmoved digest needs nothing more.
+/// digest, `--full`), a `HEAD` first: an unmoved digest needs nothing more. The artifact's
+/// client is a sibling of the source's: its own token, the source's window and pacer.
 async fn look_up(
-    base: &RepoRef,
-    credentials: &Credentials,
-    network: &Network,
+    parent: &RegistryClient,
     rel: &str,
     tag: &str,
     old: Option<&Digest>,
 ) -> Result<Looked, Failure> {
+    let base = parent.repo();
     let repo = RepoRef {
         repository: format!("{}/{rel}", base.repository),
         ..base.clone()
     };
-    let client = RegistryClient::with_network(&repo, credentials, network)?;
+    let client = parent.sibling(&repo)?;
     client.authenticate().await?;
     if let Some(old) = old
         && client

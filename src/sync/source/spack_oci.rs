@@ -137,7 +137,7 @@ impl Run<'_> {
                     (tag, digest, now)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let mut changed = Vec::new();
         while let Some(Some((tag, old, now))) =
             self.cancel.run_until_cancelled(results.next()).await
@@ -166,7 +166,7 @@ impl Run<'_> {
                     (tag, r)
                 }
             })
-            .buffer_unordered(self.config.concurrency);
+            .buffer_unordered(self.config.max_concurrency);
         let mut out = Vec::new();
         while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {

@@ -47,6 +47,9 @@ pub struct FrontOptions {
     pub redirect_blobs: bool,
     /// If set, the blob store sends blob bodies at about this many bytes per second.
     pub throttle_bytes_per_sec: Option<u64>,
+    /// If set, every request waits this long before it is answered, so requests overlap and
+    /// `peak_in_flight` sees how many the client keeps in flight.
+    pub answer_delay: Option<Duration>,
 }
 
 impl Default for FrontOptions {
@@ -57,6 +60,7 @@ impl Default for FrontOptions {
             allow_anonymous: true,
             redirect_blobs: true,
             throttle_bytes_per_sec: None,
+            answer_delay: None,
         }
     }
 }
@@ -192,6 +196,8 @@ impl GhcrFront {
             faults: Mutex::new(Vec::new()),
             body_faults: Mutex::new(Vec::new()),
             token_seq: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         });
 
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -276,6 +282,11 @@ impl GhcrFront {
         self.state.faults.lock().unwrap().push(fault);
     }
 
+    /// The most requests the front was handling at once (until their answer's head was sent).
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Forgets every token issued so far, as if they had expired: clients must fetch new ones.
     pub fn expire_tokens(&self) {
         self.state.tokens.lock().unwrap().clear();
@@ -339,6 +350,9 @@ struct State {
     faults: Mutex<Vec<Fault>>,
     body_faults: Mutex<Vec<BodyFault>>,
     token_seq: AtomicU64,
+    /// Requests being handled now, and the most handled at once.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 /// What a `/v2/<rest>` path addresses.
@@ -383,7 +397,19 @@ impl<'a> Route<'a> {
 }
 
 impl State {
+    /// Counts the request in flight while it is handled (after `answer_delay`).
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        if let Some(delay) = self.opts.answer_delay {
+            tokio::time::sleep(delay).await;
+        }
+        let response = self.answer(req).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        response
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
         let path_and_query = req
             .uri()
             .path_and_query()
