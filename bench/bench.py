@@ -356,6 +356,7 @@ class Case:
         self.extra["registry_bytes"] = du(reg_dir / "data")
         self.learn_requests()
         tools = ["product", "skopeo", "curl"] + (["floor"] if self.name == MANY else [])
+        tools = [t for t in tools if t not in self.args.skip]
         for rnd in range(self.args.rounds):
             order = tools[rnd % len(tools):] + tools[: rnd % len(tools)]
             last = rnd == self.args.rounds - 1
@@ -626,6 +627,12 @@ def main():
     ap.add_argument("--concurrency", type=int, default=CONCURRENCY, help="sync.concurrency of the product")
     ap.add_argument("--max-concurrency", type=int, default=0, help="sync.max_concurrency (default: unset)")
     ap.add_argument("--compare-bin", default="", help="with --latency-specs: another spack-mirrord to run in turn")
+    ap.add_argument(
+        "--skip",
+        default="",
+        type=lambda v: {t for t in v.split(",") if t},
+        help="comma-separated reference tools to leave out: skopeo, curl, floor (the results file is named for it)",
+    )
     ap.add_argument("--tmpdir", default=os.environ.get("BENCH_TMPDIR") or tempfile.gettempdir())
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""), help="a line for the results file")
@@ -638,6 +645,8 @@ def main():
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown case(s) {unknown}; known: {list(table)}")
+    if args.skip - {"skopeo", "curl", "floor"}:
+        ap.error(f"--skip names {sorted(args.skip - {'skopeo', 'curl', 'floor'})}; known: skopeo, curl, floor")
 
     # Room: the registry's copy plus one tool's output at a time, per case, and slack; skopeo
     # writes a shared layer once per image (3.4 times the payload in the quick bulk case).
@@ -686,6 +695,8 @@ def main():
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y-%m-%d}"
+    if args.cases != "bulk,many,blob" or args.skip:
+        stem += "-" + "-".join(names) + "".join(f"-no-{t}" for t in sorted(args.skip))
     svg = results / f"{stem}.svg"
     svg.write_text(ratio_chart(ratios, f"Other tools' time ÷ spack-mirrord's ({'quick' if args.quick else 'full'} variant, {stem})"))
     text += f"\n![ratios]({svg.name})\n"
