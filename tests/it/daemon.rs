@@ -502,3 +502,60 @@ fn status_shows_the_running_daemons_next_run_and_the_metrics_carry_it() {
         "a stopped daemon has no next run: {st}"
     );
 }
+
+/// Signing turned on by a reload, with every log level open: the key (with a passphrase) is
+/// read after logging is set up, yet no line of the `OpenPGP` library's (which prints secret
+/// packets at debug) nor any of the armored secret reaches the log, and the next run signs.
+#[test]
+fn a_signing_key_loaded_on_reload_leaves_no_trace_of_its_secret_in_the_log() {
+    use crate::support::gpg;
+    let reg = TestRegistry::shared();
+    let url = reg.url("daemon/signing");
+    push_generated(&url, 2, 5_000, 603);
+    let env = env_with(&url, "0 0 0 1 1 *", false);
+    let mut d = Daemon::start(&env, &[("RUST_LOG", "trace")]);
+    wait_until(Duration::from_secs(10), "the daemon start", || {
+        d.log().contains("daemon started")
+    });
+    let key = gpg::ed25519_protected();
+    let (key_file, pass_file) = (env.dir.path().join("k.asc"), env.dir.path().join("k.pass"));
+    std::fs::write(&key_file, &key.secret).unwrap();
+    std::fs::write(&pass_file, gpg::PASSPHRASE).unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "{cfg}[signing]\nkey_file = \"{}\"\npassphrase_file = \"{}\"\n",
+            key_file.display(),
+            pass_file.display()
+        ),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the reload", || {
+        d.log().contains("configuration reloaded")
+    });
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    wait_until(Duration::from_secs(20), "the requested run", || {
+        last_run(&env)["outcome"] == "success"
+    });
+    assert_eq!(
+        env.status_json()["signing"]["key"],
+        key.fingerprint.as_str()
+    );
+    assert_eq!(d.stop(Duration::from_secs(10)).0, Some(0));
+    let log = d.log();
+    assert!(log.contains("TRACE"), "the log is not at trace: {log}");
+    assert!(!log.contains(" pgp::") && !log.contains("\"pgp::"), "{log}");
+    let secret = String::from_utf8_lossy(&key.secret);
+    for line in secret.lines().filter(|l| l.len() > 40) {
+        assert!(
+            !log.contains(line),
+            "a line of the armored secret is in the log"
+        );
+    }
+    assert!(
+        !log.contains(gpg::PASSPHRASE),
+        "the passphrase is in the log"
+    );
+}
