@@ -215,9 +215,13 @@ struct Warnings {
 impl Warnings {
     /// A secret (the signing key, its passphrase) that every user on the machine may read.
     fn readable_secret(&mut self, key: &str, what: &str, file: &Path) {
-        if !self.seen.insert(file.to_owned()) {
-            return;
+        if self.seen.insert(file.to_owned()) {
+            self.world_readable(key, what, file);
         }
+    }
+
+    /// Warns, naming `file` and its key, when every user may read it.
+    fn world_readable(&mut self, key: &str, what: &str, file: &Path) {
         let shown = file.display();
         if let Ok(meta) = std::fs::metadata(file)
             && meta.permissions().mode() & 0o004 != 0
@@ -234,13 +238,7 @@ impl Warnings {
             return;
         }
         let shown = file.display();
-        if let Ok(meta) = std::fs::metadata(file)
-            && meta.permissions().mode() & 0o004 != 0
-        {
-            self.list.push(format!(
-                "password file {shown} ({key}.password_file) can be read by every user on this machine; restrict it: chmod o-r {shown}"
-            ));
-        }
+        self.world_readable(&format!("{key}.password_file"), "password file", file);
         if text.is_empty() {
             self.list.push(format!(
                 "password file {shown} ({key}.password_file) is empty; the registry will refuse the credentials; write the password or token into it"

@@ -205,6 +205,11 @@ pub fn is_clearsigned(bytes: &[u8]) -> bool {
 /// The text a clearsigned message carries, as [`PublicKey::verify_clearsigned`] returns it, but
 /// without checking any signature: for reading what a manifest names when no key is at hand.
 pub fn signed_text(signed: &[u8]) -> Result<String, VerifyError> {
+    Ok(parse(signed)?.signed_text().replace("\r\n", "\n"))
+}
+
+/// Reads a clearsigned message, signatures unchecked.
+fn parse(signed: &[u8]) -> Result<CleartextSignedMessage, VerifyError> {
     if !is_clearsigned(signed) {
         return Err(VerifyError::NotClearsigned);
     }
@@ -212,7 +217,7 @@ pub fn signed_text(signed: &[u8]) -> Result<String, VerifyError> {
         std::str::from_utf8(signed).map_err(|e| VerifyError::Malformed { source: e.into() })?;
     let (message, _headers) = CleartextSignedMessage::from_string(text)
         .map_err(|source| VerifyError::Malformed { source })?;
-    Ok(message.signed_text().replace("\r\n", "\n"))
+    Ok(message)
 }
 
 impl PublicKey {
@@ -221,13 +226,7 @@ impl PublicKey {
     /// (for a Spack manifest, the manifest JSON exactly as it would be unsigned). Expiry and
     /// revocation are not checked: a genuine signature stays genuine.
     pub fn verify_clearsigned(&self, signed: &[u8]) -> Result<String, VerifyError> {
-        if !is_clearsigned(signed) {
-            return Err(VerifyError::NotClearsigned);
-        }
-        let text =
-            std::str::from_utf8(signed).map_err(|e| VerifyError::Malformed { source: e.into() })?;
-        let (message, _headers) = CleartextSignedMessage::from_string(text)
-            .map_err(|source| VerifyError::Malformed { source })?;
+        let message = parse(signed)?;
         if message.signatures().is_empty() {
             return Err(VerifyError::NoSignature);
         }
