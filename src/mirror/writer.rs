@@ -26,6 +26,12 @@ pub(super) const FILE_MODE: u32 = 0o644;
 /// a killed process can lose.
 const WRITE_BUFFER: usize = 256 << 10;
 
+/// The write buffer of a blob of at most `len` bytes: [`WRITE_BUFFER`], or less for a smaller
+/// blob (at least 1 KiB, so that a wrong declared size costs no more than a few writes).
+fn buffer_for(len: u64) -> usize {
+    usize::try_from(len).map_or(WRITE_BUFFER, |n| n.clamp(1 << 10, WRITE_BUFFER))
+}
+
 impl Mirror {
     /// Atomically writes a small file under the root.
     pub async fn write_file(&self, rel: &str, bytes: &[u8]) -> Result<(), Error> {
@@ -110,7 +116,8 @@ impl Mirror {
         file.seek(io::SeekFrom::End(0)).await.map_err(err)?;
         Ok(BlobWriter {
             mirror: self.clone(),
-            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
+            // A small blob gets a buffer its size: many are in flight at once.
+            file: tokio::io::BufWriter::with_capacity(buffer_for(max_len), file),
             staged: Staged::Kept(path),
             hasher,
             len,

@@ -8,13 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::model::IndexEntry;
 use crate::oci::{Descriptor, RawManifest};
 
 use super::Error;
-use super::dag::{Node, dependency_order, parse_nodes};
+use super::dag::{dependency_order, parse_nodes};
 use super::image::descriptor;
 use super::tag::is_dag_hash;
 
@@ -32,9 +31,29 @@ pub fn synthesize_index(
     specs: &[&str],
     in_buildcache: &BTreeSet<String>,
 ) -> Result<Vec<u8>, Error> {
-    let mut order: Vec<(&RawValue, Node)> = Vec::new();
-    let mut listed: HashSet<String> = HashSet::new();
+    let mut index = IndexBuilder::default();
     for spec in specs {
+        index.add(spec)?;
+    }
+    Ok(index.finish(in_buildcache))
+}
+
+/// [`synthesize_index`] one spec at a time, so that a caller streaming the specs holds each
+/// spec's text only while it is added: what is kept is each listed node once (its verbatim
+/// text, as a spec repeats the nodes of its whole closure) and the `ref_count`s so far.
+#[derive(Default)]
+pub struct IndexBuilder {
+    /// The listed nodes in index order: hash and verbatim text.
+    order: Vec<(Box<str>, Box<str>)>,
+    listed: HashSet<Box<str>>,
+    /// For each hash, how many distinct listed nodes name it among their dependencies.
+    ref_count: HashMap<Box<str>, u64>,
+}
+
+impl IndexBuilder {
+    /// Adds the nodes of one spec (a config's `spec` value) not listed yet, in the order of
+    /// [`synthesize_index`].
+    pub fn add(&mut self, spec: &str) -> Result<(), Error> {
         let nodes = parse_nodes(spec)?;
         for (_, node) in &nodes {
             if !is_dag_hash(&node.hash) {
@@ -47,40 +66,55 @@ pub fn synthesize_index(
                 });
             }
         }
-        let order_of_spec = dependency_order(&nodes);
-        let mut nodes: Vec<Option<(&RawValue, Node)>> = nodes.into_iter().map(Some).collect();
-        for i in order_of_spec {
-            if let Some((raw, node)) = nodes[i].take()
-                && listed.insert(node.hash.clone())
-            {
-                order.push((raw, node));
+        for i in dependency_order(&nodes) {
+            let (raw, node) = &nodes[i];
+            if self.listed.contains(node.hash.as_str()) {
+                continue;
             }
+            self.listed.insert(node.hash.as_str().into());
+            let deps: BTreeSet<&str> = node.dependencies.iter().map(|d| d.hash.as_str()).collect();
+            for d in deps {
+                match self.ref_count.get_mut(d) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.ref_count.insert(d.into(), 1);
+                    }
+                }
+            }
+            self.order
+                .push((node.hash.as_str().into(), raw.get().into()));
         }
+        Ok(())
     }
-    let mut ref_count: HashMap<&str, u64> = HashMap::new();
-    for (_, node) in &order {
-        let deps: BTreeSet<&str> = node.dependencies.iter().map(|d| d.hash.as_str()).collect();
-        for d in deps {
-            *ref_count.entry(d).or_default() += 1;
+
+    /// The index bytes; `in_buildcache` as in [`synthesize_index`].
+    pub fn finish(self, in_buildcache: &BTreeSet<String>) -> Vec<u8> {
+        let Self {
+            order, ref_count, ..
+        } = self;
+        let len = order
+            .iter()
+            .map(|(h, raw)| h.len() + raw.len() + 64)
+            .sum::<usize>();
+        let mut out = String::with_capacity(len + 64);
+        out.push_str(r#"{"database":{"version":"8","installs":{"#);
+        for (i, (hash, raw)) in order.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // The hash was checked to be [a-z0-9]{32}: no escaping needed.
+            let _ = write!(
+                out,
+                r#""{}":{{"spec":{},"ref_count":{},"in_buildcache":{}}}"#,
+                hash,
+                raw,
+                ref_count.get(&*hash).copied().unwrap_or(0),
+                in_buildcache.contains(&*hash)
+            );
         }
+        out.push_str("}}}");
+        out.into_bytes()
     }
-    let mut out = String::from(r#"{"database":{"version":"8","installs":{"#);
-    for (i, (raw, node)) in order.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        // The hash was checked to be [a-z0-9]{32}: no escaping needed.
-        let _ = write!(
-            out,
-            r#""{}":{{"spec":{},"ref_count":{},"in_buildcache":{}}}"#,
-            node.hash,
-            raw.get(),
-            ref_count.get(node.hash.as_str()).copied().unwrap_or(0),
-            in_buildcache.contains(&node.hash)
-        );
-    }
-    out.push_str("}}}");
-    Ok(out.into_bytes())
 }
 
 #[derive(Deserialize)]

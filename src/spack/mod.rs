@@ -35,7 +35,8 @@ pub use image::{
     ConfigVerdict, SpecConfig, SpecImage, check_spec_image, parse_config, parse_image_manifest,
 };
 pub use index::{
-    IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest, synthesize_index,
+    IndexBuilder, IndexProblem, IndexSummary, index_fits, index_summary, parse_index_manifest,
+    synthesize_index,
 };
 pub use lockfile::{LockRoot, Lockfile, LockfileError, parse_lockfile};
 pub use select::{Selector, SelectorError, SelectorReason};

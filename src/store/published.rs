@@ -57,23 +57,29 @@ impl Store {
         )
     }
 
-    /// The JSON of the published specs in `hashes`, in hash order.
-    pub fn spec_jsons(
+    /// Hands the JSON of each published spec in `hashes` to `f`, in hash order, one row at a
+    /// time: nothing is collected, so a caller building the index never holds every spec's
+    /// JSON at once. Stops at `f`'s first error, which is returned inside.
+    pub fn each_spec_json<E>(
         &self,
         hashes: &std::collections::BTreeSet<String>,
-    ) -> Result<Vec<(String, String)>, Error> {
+        mut f: impl FnMut(&str) -> Result<(), E>,
+    ) -> Result<Result<(), E>, Error> {
         let mut stmt = self
             .conn
             .prepare("SELECT hash, spec_json FROM specs ORDER BY hash")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (hash, json) = row?;
-            if hashes.contains(&hash) {
-                out.push((hash, json));
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let hash = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            if !hashes.contains(hash) {
+                continue;
+            }
+            let json = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            if let Err(e) = f(json) {
+                return Ok(Err(e));
             }
         }
-        Ok(out)
+        Ok(Ok(()))
     }
 
     /// The bytes of JSON the published specs hold (what an index of them takes).

@@ -86,7 +86,7 @@ impl Run<'_> {
     }
 
     /// The published specs whose manifest, tarball and spec blob are all intact, without
-    /// their JSON (`spec_json` is empty; [`crate::store::Store::spec_jsons`] loads it).
+    /// their JSON (`spec_json` is empty; [`crate::store::Store::each_spec_json`] reads it).
     pub(super) fn intact_specs(&self) -> Result<Vec<SpecRow>, Failure> {
         Ok(self
             .store

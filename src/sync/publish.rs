@@ -531,10 +531,12 @@ impl Run<'_> {
             return Ok(None);
         }
         let hashes: BTreeSet<String> = installable.keys().cloned().collect();
-        let jsons = self.store.spec_jsons(&hashes)?;
-        let jsons: Vec<&str> = jsons.iter().map(|(_, j)| j.as_str()).collect();
-        let bytes = spack::synthesize_index(&jsons, &hashes).map_err(Failure::run)?;
-        drop(jsons);
+        // One spec's JSON at a time, straight from the ledger: the builder keeps each node once.
+        let mut index = spack::IndexBuilder::default();
+        self.store
+            .each_spec_json(&hashes, |json| index.add(json))?
+            .map_err(Failure::run)?;
+        let bytes = index.finish(&hashes);
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
         let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);

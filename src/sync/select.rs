@@ -205,9 +205,11 @@ impl Run<'_> {
             .map(|s| s.hash.clone())
             .collect();
         if !missing.is_empty() {
-            for (_, json) in self.store.spec_jsons(&missing)? {
-                learned.extend(spec_facts_or_none(&json));
-            }
+            let read = self.store.each_spec_json(&missing, |json| {
+                learned.extend(spec_facts_or_none(json));
+                Ok::<(), std::convert::Infallible>(())
+            })?;
+            let Ok(()) = read;
         }
         self.remember_facts(&learned)?;
         for f in learned {
