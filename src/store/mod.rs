@@ -158,6 +158,7 @@ impl Store {
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        set_read_cache(&conn)?;
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
     }
@@ -191,6 +192,7 @@ impl Store {
             source,
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        set_read_cache(&conn)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > schema_version() {
             return Err(Error::TooNew {
@@ -225,6 +227,20 @@ impl Store {
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
     }
+}
+
+/// Page cache of a connection, in KiB (`cache_size` takes a negative number as KiB): a run
+/// reads the spec and file rows several times, and `SQLite`'s default of 2 MiB holds them once
+/// for a few thousand specs only.
+const CACHE_KIB: i64 = 32 * 1024;
+
+/// How much of the database file is read through a memory map rather than `read(2)` calls.
+const MMAP_BYTES: i64 = 256 << 20;
+
+/// A page cache that holds what a run reads, and reads through a memory map.
+fn set_read_cache(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
 }
 
 /// Switches the ledger to WAL (a no-op once it is). On a new database the switch upgrades a
