@@ -231,16 +231,13 @@ impl Store {
 
 /// Page cache of a connection, in KiB (`cache_size` takes a negative number as KiB): a run
 /// reads the spec and file rows several times, and `SQLite`'s default of 2 MiB holds them once
-/// for a few thousand specs only.
-const CACHE_KIB: i64 = 32 * 1024;
+/// for a few thousand specs only. It grows only as pages are read. (No `mmap_size`: the mapped
+/// ledger would count in the process's resident memory.)
+const CACHE_KIB: i64 = 16 * 1024;
 
-/// How much of the database file is read through a memory map rather than `read(2)` calls.
-const MMAP_BYTES: i64 = 256 << 20;
-
-/// A page cache that holds what a run reads, and reads through a memory map.
+/// A page cache that holds what a run reads.
 fn set_read_cache(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
 }
 
 /// Switches the ledger to WAL (a no-op once it is). On a new database the switch upgrades a
