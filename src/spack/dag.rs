@@ -166,17 +166,24 @@ pub(super) fn link_run_closure(nodes: &[(&RawValue, Node)]) -> Result<Vec<String
 /// its `requires` is itself published and installable. `published` maps a dag hash to its
 /// `requires`. A requirement cycle proves nothing, so its members are not installable (a Spack
 /// DAG has no cycles; one here is a broken registry).
-pub fn installable(published: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
-    let mut pending: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+pub fn installable<K, R>(published: &BTreeMap<K, R>) -> BTreeSet<String>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    R: AsRef<[String]>,
+{
+    let mut pending: HashMap<&str, usize> = HashMap::with_capacity(published.len());
+    let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut ready = Vec::new();
     for (hash, requires) in published {
-        let requires: BTreeSet<&str> = requires.iter().map(String::as_str).collect();
+        let hash: &str = hash.borrow();
+        let mut requires: Vec<&str> = requires.as_ref().iter().map(String::as_str).collect();
+        requires.sort_unstable();
+        requires.dedup();
         if requires.iter().any(|r| !published.contains_key(*r)) {
             continue; // never installable: nothing may reach it through `ready`
         }
         if requires.is_empty() {
-            ready.push(hash.as_str());
+            ready.push(hash);
         }
         pending.insert(hash, requires.len());
         for r in requires {
@@ -347,6 +354,6 @@ mod tests {
             ])),
             set(&["d"])
         );
-        assert!(installable(&BTreeMap::new()).is_empty());
+        assert!(installable(&BTreeMap::<String, Vec<String>>::new()).is_empty());
     }
 }

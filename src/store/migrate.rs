@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_metrics.sql"),
     include_str!("../../migrations/0008_signing.sql"),
     include_str!("../../migrations/0009_index_inputs.sql"),
+    include_str!("../../migrations/0010_noop_ledger.sql"),
 ];
 
 /// The schema version this build writes.

@@ -158,6 +158,7 @@ impl Store {
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        set_read_cache(&conn)?;
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
     }
@@ -191,6 +192,7 @@ impl Store {
             source,
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        set_read_cache(&conn)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > schema_version() {
             return Err(Error::TooNew {
@@ -225,6 +227,17 @@ impl Store {
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
     }
+}
+
+/// Page cache of a connection, in KiB (`cache_size` takes a negative number as KiB): a run
+/// reads the spec and file rows several times, and `SQLite`'s default of 2 MiB holds them once
+/// for a few thousand specs only. It grows only as pages are read. (No `mmap_size`: the mapped
+/// ledger would count in the process's resident memory.)
+const CACHE_KIB: i64 = 16 * 1024;
+
+/// A page cache that holds what a run reads.
+fn set_read_cache(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
 }
 
 /// Switches the ledger to WAL (a no-op once it is). On a new database the switch upgrades a

@@ -27,7 +27,10 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks tags as seen by this run (inserting new ones), in one transaction.
+    /// Records the tags a source listed in this run, in one transaction, writing only what
+    /// changed: new tags are inserted, those that changed kind or were listed again are
+    /// updated, those no longer listed are marked so with the run that last saw them. The
+    /// run is recorded once as the source's latest listing, which every listed tag was seen by.
     pub fn touch_tags<'a>(
         &mut self,
         run_id: i64,
@@ -36,18 +39,67 @@ impl Store {
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare(
+            let previous: Option<i64> = tx
+                .query_row(
+                    "SELECT run_id FROM source_listings WHERE source = ?1",
+                    [source],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut stmt =
+                tx.prepare("SELECT tag, kind, listed FROM source_tags WHERE source = ?1")?;
+            let mut known: HashMap<String, (ListedKind, bool)> = stmt
+                .query_map([source], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+                .collect::<Result<_, _>>()?;
+            let mut insert = tx.prepare(
                 "INSERT INTO source_tags (source, tag, kind, first_seen_run, last_seen_run)
-                 VALUES (?1, ?2, ?3, ?4, ?4)
-                 ON CONFLICT(source, tag) DO UPDATE SET last_seen_run = excluded.last_seen_run,
-                    kind = excluded.kind",
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?;
+            let mut relist = tx.prepare(
+                "UPDATE source_tags SET kind = ?3, listed = 1, last_seen_run = ?4
+                 WHERE source = ?1 AND tag = ?2",
             )?;
             for (tag, kind) in tags {
-                stmt.execute(params![source, tag, kind, run_id])?;
+                match known.remove(tag) {
+                    None => {
+                        insert.execute(params![source, tag, kind, run_id])?;
+                    }
+                    Some((was, listed)) if was != kind || !listed => {
+                        relist.execute(params![source, tag, kind, run_id])?;
+                    }
+                    Some(_) => {}
+                }
             }
+            let mut unlist = tx.prepare(
+                "UPDATE source_tags SET listed = 0, last_seen_run = COALESCE(?3, last_seen_run)
+                 WHERE source = ?1 AND tag = ?2",
+            )?;
+            for (tag, _) in known.iter().filter(|(_, (_, listed))| *listed) {
+                unlist.execute(params![source, tag, previous])?;
+            }
+            tx.execute(
+                "INSERT INTO source_listings (source, run_id) VALUES (?1, ?2)
+                 ON CONFLICT(source) DO UPDATE SET run_id = excluded.run_id",
+                params![source, run_id],
+            )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The last run that saw a source's tag listed (`None`: never).
+    pub fn tag_last_seen(&self, source: &str, tag: &str) -> Result<Option<i64>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT CASE WHEN t.listed THEN COALESCE(l.run_id, t.last_seen_run)
+                             ELSE t.last_seen_run END
+                 FROM source_tags t LEFT JOIN source_listings l ON l.source = t.source
+                 WHERE t.source = ?1 AND t.tag = ?2",
+                params![source, tag],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Notes that a source's tag names a spec (published through another source).
@@ -145,7 +197,61 @@ impl Store {
 mod tests {
     use super::super::tests::d;
     use super::*;
-    use crate::model::IndexEntry;
+    use crate::model::{IndexEntry, Trigger};
+
+    /// Rows written by `f` on `s`'s connection.
+    fn writes(s: &mut Store, f: impl FnOnce(&mut Store)) -> u64 {
+        let before = s.conn.total_changes();
+        f(s);
+        s.conn.total_changes() - before
+    }
+
+    #[test]
+    fn an_unchanged_listing_writes_only_the_run_that_saw_it() {
+        let mut s = Store::open_in_memory().unwrap();
+        let runs: Vec<i64> = (0..4)
+            .map(|i| s.start_run(Trigger::Manual, 1, i, |_| true).unwrap())
+            .collect();
+        let listing = [
+            ("a.spack", ListedKind::Spec),
+            ("b.spack", ListedKind::Spec),
+            ("index.spack", ListedKind::Index),
+        ];
+        assert_eq!(
+            writes(&mut s, |s| s.touch_tags(runs[0], "src", listing).unwrap()),
+            4
+        );
+        // The same listing again: one row, the source's latest listing.
+        assert_eq!(
+            writes(&mut s, |s| s.touch_tags(runs[1], "src", listing).unwrap()),
+            1
+        );
+        assert_eq!(s.tag_last_seen("src", "a.spack").unwrap(), Some(runs[1]));
+        assert_eq!(
+            s.tag_last_seen("src", "index.spack").unwrap(),
+            Some(runs[1])
+        );
+        // `b.spack` leaves: it was last seen by the run before.
+        let fewer = [
+            ("a.spack", ListedKind::Spec),
+            ("index.spack", ListedKind::Other),
+        ];
+        assert_eq!(
+            writes(&mut s, |s| s.touch_tags(runs[2], "src", fewer).unwrap()),
+            3
+        );
+        assert_eq!(s.tag_last_seen("src", "b.spack").unwrap(), Some(runs[1]));
+        assert_eq!(s.tag_last_seen("src", "a.spack").unwrap(), Some(runs[2]));
+        // And comes back.
+        s.touch_tags(runs[3], "src", listing).unwrap();
+        assert_eq!(s.tag_last_seen("src", "b.spack").unwrap(), Some(runs[3]));
+        assert_eq!(s.tag_last_seen("src", "c.spack").unwrap(), None);
+        // Another source's listing is its own.
+        s.touch_tags(runs[3], "other", [("a.spack", ListedKind::Spec)])
+            .unwrap();
+        s.touch_tags(runs[3], "src", std::iter::empty()).unwrap();
+        assert_eq!(s.tag_last_seen("other", "a.spack").unwrap(), Some(runs[3]));
+    }
 
     #[test]
     fn registry_index_round_trips() {

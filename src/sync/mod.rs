@@ -150,8 +150,11 @@ pub async fn run(
     let started = Instant::now();
     // The paths' text was checked when the config was loaded; the filesystem may have changed.
     config::check_placement(config)?;
+    let t = Instant::now();
     let store = Store::open(&config.state_dir)?;
+    let t = phase_done("open_ledger", t);
     let run_id = store.start_run(opts.trigger, std::process::id(), now(), lock::process_alive)?;
+    phase_done("start_run", t);
     let span = tracing::info_span!("sync_run", run_id, trigger = opts.trigger.as_str());
     run_in_span(config, store, run_id, opts, cancel, started)
         .instrument(span)
@@ -185,9 +188,12 @@ async fn run_in_span(
             );
         }
     };
+    let t = Instant::now();
+    let files = store.files()?;
+    phase_done("load_files", t);
     let mut run = Run {
         config,
-        files: store.files()?,
+        files,
         store,
         sources,
         mirror,
@@ -220,8 +226,12 @@ async fn run_in_span(
         }
     };
     run.count_requests();
+    let t = Instant::now();
     run.record_sources();
-    finish(&run.store, run_id, outcome, &run.counts, error, started)
+    let t = phase_done("record_sources", t);
+    let report = finish(&run.store, run_id, outcome, &run.counts, error, started);
+    phase_done("finish", t);
+    report
 }
 
 /// The mirror and one registry client per source; a failure here fails the run.
@@ -311,19 +321,25 @@ fn finish(
 impl Run<'_> {
     /// The phases of a run, in order. Each returns early when the run is cancelled.
     async fn execute(&mut self, full: bool) -> Result<(), Failure> {
+        let t = Instant::now();
         self.reconcile_partials()?;
+        let t = phase_done("reconcile_partials", t);
         let intact = self.intact_specs()?;
+        let t = phase_done("intact_specs", t);
         self.read_sources(full, &intact).await?;
+        let t = phase_done("read_sources", t);
         if self.cancel.is_cancelled() || !self.has_spack_sources() {
             // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.
             return Ok(());
         }
         let candidates = self.select_and_fetch(&intact).await?;
+        let t = phase_done("select_and_fetch", t);
         if self.cancel.is_cancelled() {
             return Ok(());
         }
         let candidates = self.one_per_spec(candidates)?;
         let prune = self.plan_pruning(&candidates)?;
+        let t = phase_done("plan_pruning", t);
         let gone: HashSet<&str> = prune.remove.iter().map(|u| u.hash.as_str()).collect();
         let kept: Vec<SpecRow> = intact
             .into_iter()
@@ -331,9 +347,22 @@ impl Run<'_> {
             .collect();
         drop(gone);
         self.publish(candidates, &kept).await?;
+        let t = phase_done("publish", t);
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        self.prune(&prune).await
+        self.prune(&prune).await?;
+        phase_done("prune", t);
+        Ok(())
     }
+}
+
+/// Logs how long a phase of the run took (at debug); returns the start of the next one.
+pub(crate) fn phase_done(phase: &'static str, started: Instant) -> Instant {
+    tracing::debug!(
+        phase,
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "phase done"
+    );
+    Instant::now()
 }

@@ -48,17 +48,25 @@ impl Run<'_> {
         candidates: Vec<Candidate>,
         intact: &[SpecRow],
     ) -> Result<(), Failure> {
-        let kept_json = self.store.spec_json_bytes()?;
+        let t = std::time::Instant::now();
+        // What the kept specs' JSON takes matters only to a pre-flight, i.e. when there is
+        // something to publish: summing it reads every spec row.
+        let kept_json = if candidates.is_empty() {
+            0
+        } else {
+            self.store.spec_json_bytes()?
+        };
+        let t = super::phase_done("spec_json_bytes", t);
         let ready = self.fetch_tarballs(candidates, kept_json).await?;
+        let t = super::phase_done("fetch_tarballs", t);
         if self.cancel.is_cancelled() {
             return Ok(());
         }
         let ready = self.write_spec_blobs(ready).await?;
 
         // Every spec the mirror can now serve, old and new: what it needs, its spec blob and
-        // its name as the index gives it.
-        let mut requires: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut specs: HashMap<String, (Digest, IndexEntry)> = HashMap::new();
+        // its name as the index gives it, borrowed from the rows. Then what the index lists
+        // and a digest of what it is made of (name, version and spec blob of each hash).
         let old = intact
             .iter()
             .map(|s| (&s.hash, &s.requires, &s.spec_digest, &s.name, &s.version));
@@ -66,34 +74,44 @@ impl Run<'_> {
             let s = &c.spec;
             (&s.hash, &s.requires, d, &s.name, &s.version)
         });
+        let mut requires: BTreeMap<&str, &Vec<String>> = BTreeMap::new();
+        let mut specs: HashMap<&str, (&Digest, &str, &str)> = HashMap::new();
         for (hash, needs, blob, name, version) in old.chain(new) {
-            requires.insert(hash.clone(), needs.clone());
-            specs.insert(hash.clone(), (blob.clone(), entry(name, version)));
+            requires.insert(hash, needs);
+            specs.insert(hash, (blob, name, version));
         }
         let installable = spack::installable(&requires);
         drop(requires);
-        self.count_mirrored(&installable);
-        self.publish_keys().await?;
-        self.write_spec_manifests(&ready, &installable).await?;
-        drop(ready);
-        self.resign(intact).await?;
-        if self.cancel.is_cancelled() {
-            return Ok(());
-        }
         let mut inputs = sha2::Sha256::new();
         let mut listed: BTreeMap<String, IndexEntry> = BTreeMap::new();
         for h in &installable {
-            if let Some((blob, e)) = specs.get(h.as_str()) {
-                for part in [h.as_str(), &e.name, &e.version, &blob.to_string()] {
+            if let Some(&(blob, name, version)) = specs.get(h.as_str()) {
+                for part in [h.as_str(), name, version, blob.as_str()] {
                     inputs.update(part.as_bytes());
                     inputs.update([0]);
                 }
-                listed.insert(h.clone(), e.clone());
+                listed.insert(h.clone(), entry(name, version));
             }
         }
+        drop(specs);
         let inputs = Digest::from_hash(inputs.finalize().as_slice());
+        self.count_mirrored(&installable);
+        let t = super::phase_done("installable", t);
+        self.publish_keys().await?;
+        let t = super::phase_done("publish_keys", t);
+        self.write_spec_manifests(&ready, &installable).await?;
+        drop(ready);
+        let t = super::phase_done("spec_manifests", t);
+        self.resign(intact).await?;
+        let t = super::phase_done("resign", t);
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
         self.publish_index(&listed, &inputs).await?;
-        self.publish_layout().await
+        let t = super::phase_done("publish_index", t);
+        let r = self.publish_layout().await;
+        super::phase_done("publish_layout", t);
+        r
     }
 
     /// Downloads the missing tarballs (each once, from the first source that listed it).

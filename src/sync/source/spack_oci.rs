@@ -37,8 +37,11 @@ impl Run<'_> {
     ) -> Result<(), Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
+        let t = std::time::Instant::now();
         registry.authenticate().await.map_err(Failure::source)?;
+        let t = crate::sync::phase_done("authenticate", t);
         let remote = registry.list_tags().await.map_err(Failure::source)?;
+        let t = crate::sync::phase_done("list_tags", t);
         // A known tag costs no request when the spec it names is intact in the mirror,
         // whichever source published it.
         let intact_hashes: HashSet<&str> = intact.iter().map(|s| s.hash.as_str()).collect();
@@ -52,7 +55,9 @@ impl Run<'_> {
             })
             .map(|(tag, _)| tag.clone())
             .collect();
+        let t = crate::sync::phase_done("known_tags", t);
         let mut plan = self.plan_tags(src, &remote, &known, &intact_tags, full)?;
+        crate::sync::phase_done("plan_tags", t);
         drop(remote);
         self.sources[src].has_index = plan.has_index;
         let changed = self.recheck(src, std::mem::take(&mut plan.recheck)).await?;
@@ -83,7 +88,9 @@ impl Run<'_> {
         full: bool,
     ) -> Result<plan::SyncPlan, Failure> {
         let name = self.sources[src].config.name.clone();
+        let t = std::time::Instant::now();
         let plan = plan::plan_sync(remote, known, intact_tags, full);
+        crate::sync::phase_done("plan_sync", t);
         self.counts.specs_total += plan.spec_tags.len() as u64;
         self.sources[src].counts.specs_total = plan.spec_tags.len() as u64;
         let specs_total = self.counts.specs_total;
@@ -111,8 +118,10 @@ impl Run<'_> {
                 .filter(|t| t.parse::<Tag>().is_ok())
                 .map(|t| (t.as_str(), ListedKind::Other)),
         );
+        let t = std::time::Instant::now();
         self.store.touch_tags(self.run_id, &name, seen)?;
         self.store.update_counts(self.run_id, &self.counts)?;
+        crate::sync::phase_done("touch_tags", t);
         tracing::info!(
             source = %name,
             spec_tags = plan.spec_tags.len(),
