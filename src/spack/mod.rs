@@ -46,7 +46,7 @@ pub use v3::{
     MEDIA_INDEX, MEDIA_KEY, MEDIA_KEY_INDEX, MEDIA_SPEC, MEDIA_TARBALL, ManifestRecord, blob_path,
     index_manifest, index_record, key_index, key_index_record, key_manifest, key_manifest_path,
     key_record, parse_v3_manifest, spec_blob, spec_manifest, spec_manifest_path, spec_record,
-    tarball_record,
+    spec_record_of, tarball_record, tarball_record_of,
 };
 pub use version::{Version, VersionError, VersionRange};
 

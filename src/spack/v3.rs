@@ -87,21 +87,31 @@ fn len_u64(bytes: &[u8]) -> u64 {
 
 /// The record of a spec's tarball: the OCI layer, copied byte for byte.
 pub fn tarball_record(d: &Descriptor) -> BlobRecord {
+    tarball_record_of(&d.digest, d.size)
+}
+
+/// The record of a spec's tarball from its digest and size (as the ledger keeps them).
+pub fn tarball_record_of(digest: &Digest, size: u64) -> BlobRecord {
     BlobRecord {
-        content_length: d.size,
+        content_length: size,
         media_type: MEDIA_TARBALL,
         compression: "gzip",
-        checksum: d.digest.clone(),
+        checksum: digest.clone(),
     }
 }
 
 /// The record of a spec blob made by [`spec_blob`].
 pub fn spec_record(blob: &[u8]) -> BlobRecord {
+    spec_record_of(&Digest::of(blob), len_u64(blob))
+}
+
+/// The record of a spec blob from its digest and size (as the ledger keeps them).
+pub fn spec_record_of(digest: &Digest, size: u64) -> BlobRecord {
     BlobRecord {
-        content_length: len_u64(blob),
+        content_length: size,
         media_type: MEDIA_SPEC,
         compression: "gzip",
-        checksum: Digest::of(blob),
+        checksum: digest.clone(),
     }
 }
 

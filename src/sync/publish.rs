@@ -269,15 +269,9 @@ impl Run<'_> {
         };
         let spec_path = spack::blob_path(spec_digest);
         let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
-        let spec_record = spack::BlobRecord {
-            content_length: spec_size,
-            media_type: spack::MEDIA_SPEC,
-            compression: "gzip",
-            checksum: spec_digest.clone(),
-        };
         let manifest = self.seal(spack::spec_manifest(
             &spack::tarball_record(&c.image.tarball),
-            &spec_record,
+            &spack::spec_record_of(spec_digest, spec_size),
         ))?;
         let manifest_digest = Digest::of(&manifest);
         let row = SpecRow {

@@ -180,18 +180,14 @@ impl Run<'_> {
                 return Ok(());
             }
             let size = |path: &str| self.files.get(path).map_or(0, |f| f.size);
-            let tarball = spack::BlobRecord {
-                content_length: size(&spack::blob_path(&spec.tarball_digest)),
-                media_type: spack::MEDIA_TARBALL,
-                compression: "gzip",
-                checksum: spec.tarball_digest.clone(),
-            };
-            let spec_blob = spack::BlobRecord {
-                content_length: size(&spack::blob_path(&spec.spec_digest)),
-                media_type: spack::MEDIA_SPEC,
-                compression: "gzip",
-                checksum: spec.spec_digest.clone(),
-            };
+            let tarball = spack::tarball_record_of(
+                &spec.tarball_digest,
+                size(&spack::blob_path(&spec.tarball_digest)),
+            );
+            let spec_blob = spack::spec_record_of(
+                &spec.spec_digest,
+                size(&spack::blob_path(&spec.spec_digest)),
+            );
             let manifest = self.seal(spack::spec_manifest(&tarball, &spec_blob))?;
             self.mirror
                 .write_file(&spec.manifest_path, &manifest)
