@@ -2,7 +2,7 @@
 //! each kill the mirror a reader sees is consistent; the next sync resumes the interrupted
 //! download with a `Range` request, fetches less than a cold sync, and completes.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::front::{FrontOptions, GhcrFront};
@@ -25,14 +25,7 @@ fn published_tarballs(env: &Env) -> usize {
 
 /// `sync --now` started in the background, its output where the caller wants it.
 fn spawn_sync(env: &Env, stdout: Stdio, stderr: Stdio) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
-        .args([
-            "--config",
-            env.config_path().to_str().unwrap(),
-            "sync",
-            "--now",
-        ])
-        .stdin(Stdio::null())
+    env.command(&["sync", "--now"])
         .stdout(stdout)
         .stderr(stderr)
         .spawn()

@@ -434,7 +434,6 @@ fn a_key_that_cannot_sign_is_a_config_error_naming_the_file() {
 #[test]
 fn a_sync_killed_while_re_signing_leaves_every_manifest_whole() {
     use spack_mirrord::signing::PublicKey;
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     let reg = TestRegistry::shared();
@@ -466,14 +465,8 @@ fn a_sync_killed_while_re_signing_leaves_every_manifest_whole() {
     env.write_config(&signing_section(&env, "b", b, None));
     let log = env.dir.path().join("sync.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spack-mirrord"))
-        .args([
-            "--config",
-            env.config_path().to_str().unwrap(),
-            "sync",
-            "--now",
-        ])
-        .stdin(Stdio::null())
+    let mut child = env
+        .command(&["sync", "--now"])
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
