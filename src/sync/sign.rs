@@ -43,6 +43,10 @@ impl Run<'_> {
     /// the key index of every key still published; removes the retired keys no manifest needs
     /// any more (the index first, then each key's manifest, then its blob).
     pub(super) async fn publish_keys(&mut self) -> Result<(), Failure> {
+        if self.config.signing.is_none() && self.store.signing_keys()?.is_empty() {
+            // Unsigned, and no key left to retire: nothing to publish or remove.
+            return Ok(());
+        }
         let current = match &self.config.signing {
             Some(s) => Some(
                 self.publish_key(&s.key.public_key_armored(), &s.key.fingerprint())
