@@ -10,6 +10,7 @@
     reason = "an example program reports to its user"
 )]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use spack_mirrord::demo;
@@ -80,13 +81,19 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let bytes: u64 = cache.blobs.values().map(|b| b.data.len() as u64).sum();
-    println!(
+    // A closed stdout (`| head`) ends the listing, not the program with a panic.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "pushed {} spec images and index.spack ({} blobs, {bytes} bytes) to {repo}",
         cache.specs.len(),
         cache.blobs.len()
-    );
-    for s in &cache.specs {
-        println!("  {}", s.tag);
-    }
+    )
+    .and_then(|()| {
+        cache
+            .specs
+            .iter()
+            .try_for_each(|s| writeln!(out, "  {}", s.tag))
+    });
     ExitCode::SUCCESS
 }
