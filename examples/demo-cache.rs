@@ -5,7 +5,6 @@
 //! cargo run --example demo-cache -- oci+http://127.0.0.1:5000/demo/buildcache [SPECS] [PAYLOAD_BYTES] [SEED]
 //! ```
 #![expect(
-    clippy::print_stdout,
     clippy::print_stderr,
     reason = "an example program reports to its user"
 )]

@@ -29,7 +29,9 @@ pub async fn push(
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<()>()
         .await?;
-    let (specs, index) = cache.images.split_at(cache.specs.len().min(cache.images.len()));
+    let (specs, index) = cache
+        .images
+        .split_at(cache.specs.len().min(cache.images.len()));
     for images in [specs, index] {
         stream::iter(images)
             .map(|image| {
