@@ -20,6 +20,7 @@ mod image;
 mod index;
 mod lockfile;
 mod select;
+mod spec_blob;
 mod tag;
 pub mod v3;
 mod version;
@@ -40,6 +41,7 @@ pub use index::{
 };
 pub use lockfile::{LockRoot, Lockfile, LockfileError, parse_lockfile};
 pub use select::{Selector, SelectorError, SelectorReason};
+pub use spec_blob::{SpecBlob, SpecBlobMaker};
 pub use tag::{INDEX_TAG, TagKind, classify_tag, oci_tag, polite_filename, tag_hash};
 pub use v3::{
     BlobRecord, INDEX_MANIFEST_PATH, KEY_INDEX_MANIFEST_PATH, LAYOUT_JSON, LAYOUT_JSON_PATH,
@@ -87,5 +89,10 @@ pub enum Error {
         field: &'static str,
         config: String,
         image: String,
+    },
+    #[error("spec blob {digest} made in this run does not read back: {reason}")]
+    SpecBlob {
+        digest: crate::model::Digest,
+        reason: String,
     },
 }

@@ -7,7 +7,6 @@
 //! (v2) gets a module of its own beside this one rather than branches in here.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use serde::Deserialize;
 
@@ -36,8 +35,6 @@ pub const MEDIA_KEY: &str = "application/pgp-keys";
 pub const MEDIA_KEY_INDEX: &str = "application/vnd.spack.keyindex.v1+json";
 /// Where a signed mirror keeps the manifest of its key index, relative to the mirror root.
 pub const KEY_INDEX_MANIFEST_PATH: &str = "v3/manifests/key/keys.manifest.json";
-/// The layout version a spec blob declares: what Spack 1.1 writes into its own v3 mirrors.
-const SPEC_BLOB_LAYOUT_VERSION: u64 = 2;
 
 /// A blob's place in a layout-v3 mirror: `blobs/sha256/<hex[..2]>/<hex>`.
 pub fn blob_path(d: &Digest) -> String {
@@ -168,21 +165,13 @@ pub fn key_index(fingerprints: &[&str]) -> Vec<u8> {
 }
 
 /// The spec blob (decisions.md #1): gzip of exactly
-/// `{"spec":<spec_json verbatim>,"buildcache_layout_version":2}`.
-///
-/// # Panics
-///
-/// Never: the gzip stream is written to memory, which has no I/O error.
+/// `{"spec":<spec_json verbatim>,"buildcache_layout_version":2}`. For many specs, one
+/// [`super::SpecBlobMaker`] does the same with one compressor.
 pub fn spec_blob(spec: &SpecConfig) -> Vec<u8> {
-    let text = format!(
-        r#"{{"spec":{},"buildcache_layout_version":{SPEC_BLOB_LAYOUT_VERSION}}}"#,
-        spec.spec_json
-    );
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    gz.write_all(text.as_bytes())
-        .expect("gzip into a Vec cannot fail: writing to memory has no I/O error");
-    gz.finish()
-        .expect("gzip into a Vec cannot fail: writing to memory has no I/O error")
+    super::SpecBlobMaker::default()
+        .make(&spec.spec_json)
+        .bytes()
+        .to_vec()
 }
 
 /// A v3 manifest in Spack's text: `json.dump(indent=0, separators=(",", ":"))`, one item per

@@ -100,6 +100,7 @@ pub async fn dry_run(
         wanted: None,
         dry_run: true,
         stat_files: full,
+        blobs: crate::spack::SpecBlobMaker::default(),
     };
     run.plan_only(full).await.map_err(Error::Plan)
 }

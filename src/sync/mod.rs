@@ -47,7 +47,7 @@ use crate::lock::{self, RunLock};
 use crate::mirror::Mirror;
 use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
 use crate::registry::RegistryClient;
-use crate::spack::{SpecConfig, SpecImage};
+use crate::spack::{SpecBlob, SpecBlobMaker, SpecConfig, SpecImage};
 use crate::store::{self, FileRow, SpecRow, Store};
 
 #[derive(Debug, Clone)]
@@ -91,7 +91,10 @@ struct Candidate {
     tag: Tag,
     manifest_digest: Digest,
     image: SpecImage,
+    /// Its config; `spec.spec_json` is empty: the JSON is held in `blob`, a fifth its size.
     spec: SpecConfig,
+    /// Its spec blob, as it will be published; [`SpecBlobMaker::spec_json`] gives the JSON back.
+    blob: SpecBlob,
 }
 
 /// One source during a run.
@@ -138,6 +141,8 @@ struct Run<'a> {
     /// Whether a recorded file's presence is checked on disk (`--full`); otherwise the
     /// ledger's word is taken, and a no-op run costs no `stat` per file.
     stat_files: bool,
+    /// Packs each new spec's JSON into its spec blob and reads it back, with one compressor.
+    blobs: SpecBlobMaker,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -205,6 +210,7 @@ async fn run_in_span(
         wanted: None,
         dry_run: false,
         stat_files: opts.full,
+        blobs: SpecBlobMaker::default(),
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
         Ok(r) => r,

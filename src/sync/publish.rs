@@ -179,11 +179,10 @@ impl Run<'_> {
         let mut ready = Vec::with_capacity(candidates.len());
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         for c in candidates {
-            let blob = spack::spec_blob(&c.spec);
-            let digest = Digest::of(&blob);
+            let digest = c.blob.digest().clone();
             let path = spack::blob_path(&digest);
             if !self.is_intact(&path) && !batch.iter().any(|(p, _)| *p == path) {
-                batch.push((path, blob));
+                batch.push((path, c.blob.bytes().to_vec()));
             }
             ready.push((c, digest));
             if batch.len() >= BATCH_FILES {
@@ -283,7 +282,7 @@ impl Run<'_> {
             manifest_path: manifest_path.clone(),
             tarball_digest: c.image.tarball.digest.clone(),
             spec_digest: spec_digest.clone(),
-            spec_json: spec.spec_json.clone(),
+            spec_json: self.blobs.spec_json(&c.blob).map_err(Failure::run)?,
             requires: spec.requires.clone(),
             source: self.sources[c.source].config.name.clone(),
             signed_by: self.signer(),

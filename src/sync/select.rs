@@ -137,7 +137,7 @@ impl Run<'_> {
                     self.fail_item(s, c.tag.as_str(), &msg)?;
                     continue;
                 }
-                learned.extend(spec_facts_or_none(&c.spec.spec_json));
+                learned.extend(facts_of(&mut self.blobs, &c));
                 out.push(c);
             }
         }
@@ -266,7 +266,7 @@ impl Run<'_> {
             }
             drop(hashes);
             for c in &got {
-                learned.extend(spec_facts_or_none(&c.spec.spec_json));
+                learned.extend(facts_of(&mut self.blobs, c));
             }
             self.remember_facts(&learned)?;
             for f in learned {
@@ -417,6 +417,17 @@ fn spec_facts_or_none(spec_json: &str) -> Vec<NodeFacts> {
         tracing::debug!(error = %error_chain(&e), "spec facts unreadable");
         Vec::new()
     })
+}
+
+/// [`spec_facts_or_none`] of a candidate, whose JSON is held in its spec blob.
+fn facts_of(blobs: &mut spack::SpecBlobMaker, c: &Candidate) -> Vec<NodeFacts> {
+    match blobs.spec_json(&c.blob) {
+        Ok(json) => spec_facts_or_none(&json),
+        Err(e) => {
+            tracing::debug!(tag = %c.tag, error = %error_chain(&e), "spec facts unreadable");
+            Vec::new()
+        }
+    }
 }
 
 /// Reads and parses one lockfile.

@@ -83,7 +83,7 @@ impl Volumes {
     /// in the ledger (WAL writes them twice), its tarball (shared, unless present) under the
     /// root and in the staging directory.
     fn claim(&self, c: &Candidate, present: &HashSet<Digest>) -> Claim {
-        let json = c.spec.spec_json.len() as u64;
+        let json = c.blob.json_len() as u64;
         let mut own = vec![0; self.filesystems.len()];
         // A spec blob is the gzip of the spec's JSON: no bigger than the JSON and a header.
         own[self.root] += plan::on_disk([json.saturating_add(64), SPEC_MANIFEST_BYTES]);
@@ -141,7 +141,7 @@ impl Run<'_> {
         candidates.sort_by(|a, b| a.tag.cmp(&b.tag));
         let json_total = candidates
             .iter()
-            .map(|c| c.spec.spec_json.len() as u64)
+            .map(|c| c.blob.json_len() as u64)
             .fold(kept_json, u64::saturating_add);
         let mut reserved = vec![0; volumes.filesystems.len()];
         reserved[volumes.root] = plan::on_disk([json_total, SPEC_MANIFEST_BYTES]);

@@ -21,8 +21,15 @@ const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
 /// What a spec tag's manifest and config turned out to be.
 enum Fetched {
-    Spec(Box<Candidate>),
+    Spec(Box<FetchedSpec>),
     Skip(String),
+}
+
+/// A spec tag's checked manifest and config, before its JSON is packed into its spec blob.
+struct FetchedSpec {
+    manifest_digest: Digest,
+    image: spack::SpecImage,
+    spec: spack::SpecConfig,
 }
 
 impl Run<'_> {
@@ -171,7 +178,7 @@ impl Run<'_> {
             .map(move |tag| {
                 let registry = Arc::clone(&registry);
                 async move {
-                    let r = fetch_spec(&registry, src, &tag).await;
+                    let r = fetch_spec(&registry, &tag).await;
                     (tag, r)
                 }
             })
@@ -179,7 +186,23 @@ impl Run<'_> {
         let mut out = Vec::new();
         while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
-                Ok(Fetched::Spec(c)) => out.push(*c),
+                Ok(Fetched::Spec(f)) => {
+                    let FetchedSpec {
+                        manifest_digest,
+                        image,
+                        mut spec,
+                    } = *f;
+                    // Held as its spec blob until it is published.
+                    let blob = self.blobs.make(&std::mem::take(&mut spec.spec_json));
+                    out.push(Candidate {
+                        source: src,
+                        tag,
+                        manifest_digest,
+                        image,
+                        spec,
+                        blob,
+                    });
+                }
                 Ok(Fetched::Skip(reason)) => self.skip_item(src, tag.as_str(), &reason)?,
                 Err(f) if f.scope == Scope::Item => self.fail_item_with(src, tag.as_str(), &f)?,
                 Err(f) => return Err(f),
@@ -191,11 +214,7 @@ impl Run<'_> {
 
 /// The manifest and config of one spec tag, checked: the tag is Spack's tag for the spec, the
 /// last layer is the spec's tarball.
-async fn fetch_spec(
-    registry: &RegistryClient,
-    source: usize,
-    tag: &Tag,
-) -> Result<Fetched, Failure> {
+async fn fetch_spec(registry: &RegistryClient, tag: &Tag) -> Result<Fetched, Failure> {
     let (manifest, manifest_digest) = registry.fetch_manifest(tag.as_str()).await?;
     let image = spack::parse_image_manifest(&manifest)?;
     if image.config.size > MAX_CONFIG_BYTES {
@@ -213,9 +232,7 @@ async fn fetch_spec(
         ConfigVerdict::Skip { reason } => Ok(Fetched::Skip(reason)),
         ConfigVerdict::Spec(spec) => {
             spack::check_spec_image(tag, &image, &spec)?;
-            Ok(Fetched::Spec(Box::new(Candidate {
-                source,
-                tag: tag.clone(),
+            Ok(Fetched::Spec(Box::new(FetchedSpec {
                 manifest_digest,
                 image,
                 spec,
