@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0008_signing.sql"),
     include_str!("../../migrations/0009_index_inputs.sql"),
     include_str!("../../migrations/0010_noop_ledger.sql"),
+    include_str!("../../migrations/0011_settled.sql"),
 ];
 
 /// The schema version this build writes.

@@ -17,6 +17,7 @@ mod migrate;
 mod published;
 mod runs;
 mod selection;
+mod settled;
 mod signing;
 mod sources;
 mod sql;
@@ -35,6 +36,7 @@ use crate::state::StateDir;
 
 pub use migrate::latest as schema_version;
 pub use published::PublishedSpec;
+pub use settled::SettledRow;
 pub use signing::SigningSummary;
 
 /// The database file inside `state.dir` ([`crate::state::LEDGER_FILE`]).
@@ -152,6 +154,7 @@ impl Store {
             source,
         })?;
         restrict_db_mode(&path);
+        sql::register_functions(&conn)?;
         // The busy timeout comes first: the migrator's exclusive transaction waits on another
         // first open instead of failing busy.
         conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
@@ -193,6 +196,7 @@ impl Store {
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
         set_read_cache(&conn)?;
+        sql::register_functions(&conn)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > schema_version() {
             return Err(Error::TooNew {
@@ -210,6 +214,7 @@ impl Store {
     /// dry run: it is planned and recorded like a run, and the real ledger never changes.
     pub fn snapshot(state_dir: &Path) -> Result<Self, Error> {
         let mut conn = Connection::open_in_memory()?;
+        sql::register_functions(&conn)?;
         if let Some(real) = Self::open_read_only(state_dir)? {
             rusqlite::backup::Backup::new(&real.conn, &mut conn)?.run_to_completion(
                 256,
@@ -224,6 +229,7 @@ impl Store {
     /// An in-memory ledger, for tests.
     pub fn open_in_memory() -> Result<Self, Error> {
         let mut conn = Connection::open_in_memory()?;
+        sql::register_functions(&conn)?;
         migrate::migrate(&mut conn)?;
         Ok(Self { conn })
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Error, FileRow, OrasArtifact, SpecRow, Store, to_i64, to_u64};
-use crate::model::{Digest, RunCounts};
+use crate::model::{Digest, FileKind, RunCounts};
 
 /// One spec of a batch for [`Store::record_specs`]: the source that published it, its row, the
 /// digest of the tag's manifest and the file row of its spec manifest.
@@ -17,6 +17,30 @@ pub struct PublishedSpec<'a> {
     pub spec: &'a SpecRow,
     pub manifest_digest: &'a Digest,
     pub file: &'a FileRow,
+}
+
+/// A spec row from the columns `hash, name, version, arch, tag, manifest_path, tarball_digest,
+/// spec_digest, spec_json, requires, source, signed_by`, in that order.
+fn spec_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpecRow> {
+    Ok(SpecRow {
+        hash: r.get(0)?,
+        name: r.get(1)?,
+        version: r.get(2)?,
+        arch: r.get(3)?,
+        tag: r.get(4)?,
+        manifest_path: r.get(5)?,
+        tarball_digest: r.get(6)?,
+        spec_digest: r.get(7)?,
+        spec_json: r.get(8)?,
+        requires: r
+            .get_ref(9)?
+            .as_str()?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        source: r.get(10)?,
+        signed_by: r.get(11)?,
+    })
 }
 
 impl Store {
@@ -43,15 +67,6 @@ impl Store {
     pub fn specs(&self) -> Result<Vec<SpecRow>, Error> {
         self.spec_rows(
             "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, spec_json, requires, source,
-                    signed_by
-             FROM specs ORDER BY name, version, hash",
-        )
-    }
-
-    /// [`Self::specs`] without their JSON (`spec_json` is empty): what a run decides on.
-    pub fn specs_without_json(&self) -> Result<Vec<SpecRow>, Error> {
-        self.spec_rows(
-            "SELECT hash, name, version, arch, tag, manifest_path, tarball_digest, spec_digest, '', requires, source,
                     signed_by
              FROM specs ORDER BY name, version, hash",
         )
@@ -94,26 +109,53 @@ impl Store {
 
     fn spec_rows(&self, sql: &str) -> Result<Vec<SpecRow>, Error> {
         let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], spec_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The published specs whose spec manifest, tarball and spec blob the ledger all records,
+    /// without their JSON (`spec_json` is empty), each with those three files' recorded sizes
+    /// in that order. One query: a spec costs three lookups by path, and no file row is loaded.
+    pub fn recorded_specs(&self) -> Result<Vec<(SpecRow, [u64; 3])>, Error> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.hash, s.name, s.version, s.arch, s.tag, s.manifest_path, s.tarball_digest,
+                    s.spec_digest, '', s.requires, s.source, s.signed_by, m.size, t.size, b.size
+             FROM specs s INDEXED BY specs_rows
+             JOIN files m ON m.path = s.manifest_path
+             JOIN files t ON t.path = blob_path(s.tarball_digest)
+             JOIN files b ON b.path = blob_path(s.spec_digest)
+             ORDER BY s.name, s.version, s.hash",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok(SpecRow {
-                hash: r.get(0)?,
-                name: r.get(1)?,
-                version: r.get(2)?,
-                arch: r.get(3)?,
-                tag: r.get(4)?,
-                manifest_path: r.get(5)?,
-                tarball_digest: r.get(6)?,
-                spec_digest: r.get(7)?,
-                spec_json: r.get(8)?,
-                requires: r
-                    .get::<_, String>(9)?
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
-                source: r.get(10)?,
-                signed_by: r.get(11)?,
-            })
+            let size = |i| r.get::<_, i64>(i).map(to_u64);
+            Ok((spec_row(r)?, [size(12)?, size(13)?, size(14)?]))
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The ledger's row of one file under the root, if it records it.
+    pub fn file(&self, path: &str) -> Result<Option<FileRow>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, digest, size FROM files WHERE path = ?1")?;
+        Ok(stmt
+            .query_row([path], |r| {
+                Ok(FileRow {
+                    path: path.to_owned(),
+                    kind: r.get(0)?,
+                    digest: r.get(1)?,
+                    size: to_u64(r.get(2)?),
+                })
+            })
+            .optional()?)
+    }
+
+    /// The paths of the recorded files of one kind.
+    pub fn paths_of_kind(&self, kind: FileKind) -> Result<Vec<String>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path FROM files WHERE kind = ?1 ORDER BY path")?;
+        let rows = stmt.query_map([kind], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -532,6 +574,60 @@ mod tests {
             Some(spec.hash.as_str())
         );
         assert_eq!(s.specs().unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn recorded_specs_are_those_with_all_three_files_recorded() {
+        let mut s = Store::open_in_memory().unwrap();
+        let id = s.start_run(Trigger::Manual, 1, 1, |_| true).unwrap();
+        let spec = |name: &str| SpecRow {
+            hash: name.repeat(32),
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            arch: "linux-debian12-x86_64".to_owned(),
+            tag: format!("{name}-1.spack"),
+            manifest_path: format!("v3/manifests/spec/{name}/m"),
+            tarball_digest: d(&format!("t{name}")),
+            spec_digest: d(&format!("s{name}")),
+            spec_json: "{}".to_owned(),
+            requires: vec!["r".repeat(32), "q".repeat(32)],
+            source: "main".to_owned(),
+            signed_by: None,
+        };
+        let (a, b) = (spec("a"), spec("b"));
+        for (row, tarball_size) in [(&a, 7), (&b, 8)] {
+            let manifest = file(&row.manifest_path, 5);
+            s.record_spec(id, "main", row, &d("m"), &manifest, 3)
+                .unwrap();
+            let tarball = FileRow {
+                path: crate::spack::blob_path(&row.tarball_digest),
+                kind: FileKind::Tarball,
+                digest: row.tarball_digest.clone(),
+                size: tarball_size,
+            };
+            s.record_file(id, &tarball, 3).unwrap();
+        }
+        // Only `a`'s spec blob is recorded: `b` is not whole.
+        let blob = FileRow {
+            path: crate::spack::blob_path(&a.spec_digest),
+            kind: FileKind::SpecBlob,
+            digest: a.spec_digest.clone(),
+            size: 9,
+        };
+        s.record_file(id, &blob, 3).unwrap();
+        let got = s.recorded_specs().unwrap();
+        let want = SpecRow {
+            spec_json: String::new(),
+            ..a
+        };
+        assert_eq!(got, vec![(want, [5, 7, 9])]);
+        assert_eq!(s.file(&blob.path).unwrap(), Some(blob.clone()));
+        assert_eq!(s.file("blobs/sha256/00/none").unwrap(), None);
+        assert_eq!(
+            s.paths_of_kind(FileKind::SpecBlob).unwrap(),
+            vec![blob.path]
+        );
+        assert!(s.paths_of_kind(FileKind::KeyIndexBlob).unwrap().is_empty());
     }
 
     #[test]

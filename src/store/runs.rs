@@ -66,6 +66,21 @@ fn counts_from(r: &Row<'_>, first: usize) -> rusqlite::Result<RunCounts> {
     })
 }
 
+/// A run's row, from the columns `id, trigger, pid, started_at, finished_at, outcome, error`
+/// and then [`COUNTS`].
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        trigger: r.get(1)?,
+        pid: r.get(2)?,
+        started_at: r.get(3)?,
+        finished_at: r.get(4)?,
+        outcome: r.get(5)?,
+        error: r.get(6)?,
+        counts: counts_from(r, 7)?,
+    })
+}
+
 impl Store {
     /// Starts a run. Any `running` row whose process is gone is closed as failed,
     /// "interrupted" first.
@@ -180,6 +195,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The row of run `run_id`, as [`Store::last_runs`] reads it.
+    pub(super) fn run_by_id(&self, run_id: i64) -> Result<Option<RunRow>, Error> {
+        let sql = format!(
+            "SELECT id, trigger, pid, started_at, finished_at, outcome, error, {}
+             FROM runs WHERE id = ?1",
+            COUNTS.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query_map([run_id], run_row)?;
+        Ok(rows.next().transpose()?)
+    }
+
     /// The newest run; a `running` row whose process is gone reads as failed, "interrupted".
     pub fn last_run(&self, is_alive: impl Fn(i64) -> bool) -> Result<Option<RunRow>, Error> {
         Ok(self.last_runs(1, is_alive)?.into_iter().next())
@@ -194,18 +221,7 @@ impl Store {
             COUNTS.join(", ")
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([n], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                trigger: r.get(1)?,
-                pid: r.get(2)?,
-                started_at: r.get(3)?,
-                finished_at: r.get(4)?,
-                outcome: r.get(5)?,
-                error: r.get(6)?,
-                counts: counts_from(r, 7)?,
-            })
-        })?;
+        let rows = stmt.query_map([n], run_row)?;
         let mut runs: Vec<RunRow> = rows.collect::<Result<_, _>>()?;
         for run in &mut runs {
             if run.outcome == Outcome::Running && !is_alive(run.pid) {

@@ -2,9 +2,11 @@
 //! value this version cannot read (a hand-edited row, say) is an error naming it, except an
 //! unknown outcome, which reads as `failed` like an interrupted run.
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::model::{Digest, FileKind, ListedKind, Outcome, ProblemKind, Trigger};
+use crate::spack;
 
 impl ToSql for Digest {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -59,4 +61,18 @@ impl FromSql for Outcome {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         Ok(Self::parse(value.as_str()?).unwrap_or(Self::Failed))
     }
+}
+
+/// SQL functions the ledger's queries use: `blob_path(digest)` is where the mirror keeps a
+/// blob ([`spack::blob_path`]), so a query can join a spec's digests with the files recorded.
+pub(super) fn register_functions(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "blob_path",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let digest: Digest = ctx.get(0)?;
+            Ok(spack::blob_path(&digest))
+        },
+    )
 }

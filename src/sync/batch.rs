@@ -154,7 +154,7 @@ impl Run<'_> {
                 size: p.len,
             });
         }
-        self.record_rows(rows, &digests)?;
+        self.record_rows(&rows, &digests)?;
         tracing::debug!(files = digests.len(), bytes, "tarball batch stored");
         let n = digests.len() as u64;
         self.report_progress(|p| {
@@ -165,17 +165,14 @@ impl Run<'_> {
     }
 
     /// Records files just published (and the kept downloads they were) with the run's
-    /// counts, in one transaction, and keeps them in the run's view of the ledger.
+    /// counts, in one transaction.
     pub(super) fn record_rows(
         &mut self,
-        rows: Vec<FileRow>,
+        rows: &[FileRow],
         downloads_done: &[Digest],
     ) -> Result<(), Failure> {
         self.store
-            .record_files(self.run_id, &rows, downloads_done, &self.counts, now())?;
-        for row in rows {
-            self.files.insert(row.path.clone(), row);
-        }
+            .record_files(self.run_id, rows, downloads_done, &self.counts, now())?;
         Ok(())
     }
 }

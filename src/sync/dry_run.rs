@@ -88,7 +88,6 @@ pub async fn dry_run(
     let sources = open_sources(config).map_err(Error::Plan)?;
     let mut run = Run {
         config,
-        files: store.files()?,
         store,
         sources,
         mirror: Mirror::existing(&config.mirror_root),
@@ -101,6 +100,8 @@ pub async fn dry_run(
         dry_run: true,
         stat_files: full,
         blobs: crate::spack::SpecBlobMaker::default(),
+        settled_by: None,
+        prune_waiting: false,
     };
     run.plan_only(full).await.map_err(Error::Plan)
 }
@@ -124,7 +125,7 @@ impl Run<'_> {
             .filter(|s| !gone.contains(s.hash.as_str()) && s.signed_by != signer)
             .count() as u64;
         drop(gone);
-        let present = self.present_tarballs(&candidates);
+        let present = self.present_tarballs(&candidates)?;
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
         let mut fetch: Vec<DrySpec> = candidates
             .iter()

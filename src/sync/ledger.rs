@@ -72,31 +72,47 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Whether a ledger-recorded file is present under the root with its recorded size: the
-    /// ledger's word (a row follows the rename), checked on disk only with `--full`.
-    pub(super) fn is_intact(&self, path: &str) -> bool {
-        self.files
-            .get(path)
-            .is_some_and(|f| !self.stat_files || self.mirror.size_of(path) == Some(f.size))
+    /// The ledger's row of a file under the root. The ledger is asked each time (one lookup
+    /// by path): it is the run's only view of what is published, so nothing is loaded whole.
+    pub(super) fn recorded(&self, path: &str) -> Result<Option<FileRow>, Failure> {
+        Ok(self.store.file(path)?)
+    }
+
+    /// Whether a recorded file of `size` bytes counts as present: the ledger's word (a row
+    /// follows the rename), checked on disk only with `--full`.
+    fn on_disk(&self, path: &str, size: u64) -> bool {
+        !self.stat_files || self.mirror.size_of(path) == Some(size)
+    }
+
+    /// Whether the ledger records `path` and the file is present with its recorded size.
+    pub(super) fn is_intact(&self, path: &str) -> Result<bool, Failure> {
+        Ok(self
+            .recorded(path)?
+            .is_some_and(|f| self.on_disk(path, f.size)))
     }
 
     /// Whether the ledger records `path` with `digest` and the file is intact.
-    pub(super) fn is_published(&self, path: &str, digest: &Digest) -> bool {
-        self.is_intact(path) && self.files.get(path).is_some_and(|f| f.digest == *digest)
+    pub(super) fn is_published(&self, path: &str, digest: &Digest) -> Result<bool, Failure> {
+        Ok(self
+            .recorded(path)?
+            .is_some_and(|f| f.digest == *digest && self.on_disk(path, f.size)))
     }
 
     /// The published specs whose manifest, tarball and spec blob are all intact, without
     /// their JSON (`spec_json` is empty; [`crate::store::Store::each_spec_json`] reads it).
+    /// One ledger query; a `stat` per file only with `--full`.
     pub(super) fn intact_specs(&self) -> Result<Vec<SpecRow>, Failure> {
         Ok(self
             .store
-            .specs_without_json()?
+            .recorded_specs()?
             .into_iter()
-            .filter(|s| {
-                self.is_intact(&s.manifest_path)
-                    && self.is_intact(&spack::blob_path(&s.tarball_digest))
-                    && self.is_intact(&spack::blob_path(&s.spec_digest))
+            .filter(|(s, [manifest, tarball, spec])| {
+                !self.stat_files
+                    || (self.on_disk(&s.manifest_path, *manifest)
+                        && self.on_disk(&spack::blob_path(&s.tarball_digest), *tarball)
+                        && self.on_disk(&spack::blob_path(&s.spec_digest), *spec))
             })
+            .map(|(s, _)| s)
             .collect())
     }
 
@@ -115,7 +131,6 @@ impl Run<'_> {
             size,
         };
         self.store.record_file(self.run_id, &row, now())?;
-        self.files.insert(path.to_owned(), row);
         Ok(())
     }
 

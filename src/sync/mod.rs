@@ -22,6 +22,7 @@ mod ledger;
 mod prune;
 mod publish;
 mod select;
+mod settled;
 mod sign;
 mod source;
 mod space;
@@ -33,7 +34,7 @@ pub use select::SelectionError;
 pub use source::ListingError;
 pub use space::{MAX_DECLARED_BYTES, Stop};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,7 +49,7 @@ use crate::mirror::Mirror;
 use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
 use crate::registry::RegistryClient;
 use crate::spack::{SpecBlob, SpecBlobMaker, SpecConfig, SpecImage};
-use crate::store::{self, FileRow, SpecRow, Store};
+use crate::store::{self, SpecRow, Store};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -111,6 +112,10 @@ struct SourceState {
     listed: Vec<(Tag, Option<String>)>,
     /// Of `listed`, those new, changed or with files missing: fetched if selected.
     to_fetch: Vec<Tag>,
+    /// Its listing, when the settled fast path made it and the whole way is still to read it.
+    listing: Option<Result<Vec<String>, Failure>>,
+    /// The digest of its listing in this run, once listed.
+    listing_digest: Option<Digest>,
     /// Whether its `index.spack` was looked at in this run, and its blob if it was fetched.
     index_checked: bool,
     index_blob: Option<Vec<u8>>,
@@ -128,8 +133,6 @@ struct Run<'a> {
     run_id: i64,
     counts: RunCounts,
     cancel: &'a CancellationToken,
-    /// Files the ledger says were published, by relative path.
-    files: HashMap<String, FileRow>,
     progress: Option<watch::Sender<Progress>>,
     /// Downloads this run set out to make (their `.partial` files are this run's).
     jobs: Vec<Digest>,
@@ -143,6 +146,10 @@ struct Run<'a> {
     stat_files: bool,
     /// Packs each new spec's JSON into its spec blob and reads it back, with one compressor.
     blobs: SpecBlobMaker,
+    /// The settled run this run found the mirror unchanged from (the fast path), if it did.
+    settled_by: Option<i64>,
+    /// Whether some unwanted spec waits for `prune.grace` (or for pruning to be enabled).
+    prune_waiting: bool,
 }
 
 /// Runs one sync. The caller holds the run lock for its whole length.
@@ -193,12 +200,8 @@ async fn run_in_span(
             );
         }
     };
-    let t = Instant::now();
-    let files = store.files()?;
-    phase_done("load_files", t);
     let mut run = Run {
         config,
-        files,
         store,
         sources,
         mirror,
@@ -211,6 +214,8 @@ async fn run_in_span(
         dry_run: false,
         stat_files: opts.full,
         blobs: SpecBlobMaker::default(),
+        settled_by: None,
+        prune_waiting: false,
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
         Ok(r) => r,
@@ -232,6 +237,12 @@ async fn run_in_span(
         }
     };
     run.count_requests();
+    if let Err(e) = run.record_settled(outcome) {
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "cannot record whether the mirror is settled; the next run goes the whole way"
+        );
+    }
     let t = Instant::now();
     run.record_sources();
     let t = phase_done("record_sources", t);
@@ -260,6 +271,8 @@ fn open_sources(config: &Config) -> Result<Vec<SourceState>, Failure> {
             counts: RunCounts::default(),
             error: None,
             has_index: false,
+            listing: None,
+            listing_digest: None,
             listed: Vec::new(),
             to_fetch: Vec::new(),
             index_checked: false,
@@ -330,6 +343,11 @@ impl Run<'_> {
         let t = Instant::now();
         self.reconcile_partials()?;
         let t = phase_done("reconcile_partials", t);
+        let settled = self.still_settled(full).await?;
+        let t = phase_done("still_settled", t);
+        if settled {
+            return Ok(());
+        }
         let intact = self.intact_specs()?;
         let t = phase_done("intact_specs", t);
         self.read_sources(full, &intact).await?;
@@ -345,6 +363,7 @@ impl Run<'_> {
         }
         let candidates = self.one_per_spec(candidates)?;
         let prune = self.plan_pruning(&candidates)?;
+        self.prune_waiting = !prune.waiting.is_empty();
         let t = phase_done("plan_pruning", t);
         let gone: HashSet<&str> = prune.remove.iter().map(|u| u.hash.as_str()).collect();
         let kept: Vec<SpecRow> = intact

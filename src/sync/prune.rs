@@ -119,12 +119,11 @@ impl Run<'_> {
     /// Removes a file the ledger records, then its row; returns its recorded size. A path the
     /// ledger does not record is never touched.
     pub(super) async fn remove_recorded(&mut self, path: &str) -> Result<Option<u64>, Failure> {
-        let Some(size) = self.files.get(path).map(|f| f.size) else {
+        let Some(size) = self.recorded(path)?.map(|f| f.size) else {
             return Ok(None);
         };
         self.mirror.remove(path).await?;
         self.store.forget_file(path)?;
-        self.files.remove(path);
         Ok(Some(size))
     }
 }

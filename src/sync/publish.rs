@@ -121,7 +121,7 @@ impl Run<'_> {
         candidates: Vec<Candidate>,
         kept_json: u64,
     ) -> Result<Vec<Candidate>, Failure> {
-        let present = self.present_tarballs(&candidates);
+        let present = self.present_tarballs(&candidates)?;
         let candidates = self.fit_space(candidates, &present, kept_json)?;
         let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
         let bytes_total = jobs.iter().map(|j| j.size).sum::<u64>();
@@ -162,13 +162,18 @@ impl Run<'_> {
     }
 
     /// The candidates' tarballs the mirror already holds intact.
-    pub(super) fn present_tarballs(&self, candidates: &[Candidate]) -> HashSet<Digest> {
-        candidates
-            .iter()
-            .map(|c| &c.image.tarball.digest)
-            .filter(|d| self.is_intact(&spack::blob_path(d)))
-            .cloned()
-            .collect()
+    pub(super) fn present_tarballs(
+        &self,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, Failure> {
+        let mut present = HashSet::new();
+        for c in candidates {
+            let d = &c.image.tarball.digest;
+            if !present.contains(d) && self.is_intact(&spack::blob_path(d))? {
+                present.insert(d.clone());
+            }
+        }
+        Ok(present)
     }
 
     /// Writes each candidate's spec blob, in batches; returns them with its digest.
@@ -181,7 +186,7 @@ impl Run<'_> {
         for c in candidates {
             let digest = c.blob.digest().clone();
             let path = spack::blob_path(&digest);
-            if !self.is_intact(&path) && !batch.iter().any(|(p, _)| *p == path) {
+            if !batch.iter().any(|(p, _)| *p == path) && !self.is_intact(&path)? {
                 batch.push((path, c.blob.bytes().to_vec()));
             }
             ready.push((c, digest));
@@ -211,8 +216,8 @@ impl Run<'_> {
                 digest: p.digest,
                 size: p.len,
             })
-            .collect();
-        self.record_rows(rows, &[])
+            .collect::<Vec<_>>();
+        self.record_rows(&rows, &[])
     }
 
     /// Writes the spec manifest of each installable candidate, in batches; the others are
@@ -266,8 +271,7 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let spec_path = spack::blob_path(spec_digest);
-        let spec_size = self.files.get(&spec_path).map_or(0, |f| f.size);
+        let spec_size = c.blob.bytes().len() as u64;
         let manifest = self.seal(spack::spec_manifest(
             &spack::tarball_record(&c.image.tarball),
             &spack::spec_record_of(spec_digest, spec_size),
@@ -293,7 +297,7 @@ impl Run<'_> {
             digest: manifest_digest,
             size: manifest.len() as u64,
         };
-        let bytes = (!self.is_published(&file.path, &file.digest)).then_some(manifest);
+        let bytes = (!self.is_published(&file.path, &file.digest)?).then_some(manifest);
         Ok(Some(SpecToPublish {
             src: c.source,
             row,
@@ -332,7 +336,6 @@ impl Run<'_> {
         drop(rows);
         for s in batch {
             tracing::debug!(tag = %s.row.tag, spec = %s.row.name, hash = %s.row.hash, "spec published");
-            self.files.insert(s.file.path.clone(), s.file);
         }
         Ok(())
     }
@@ -458,7 +461,7 @@ impl Run<'_> {
             match plan::choose_index(installable, registry_index.as_ref()) {
                 IndexSource::Registry { blob, size } => {
                     let path = spack::blob_path(&blob);
-                    let bytes = if self.is_intact(&path) {
+                    let bytes = if self.is_intact(&path)? {
                         None
                     } else if let Some(b) = fetched.filter(|b| Digest::of(b) == blob) {
                         Some(b)
@@ -504,7 +507,7 @@ impl Run<'_> {
         // What the index in place was made of, for the next run (a copy depends on the
         // registry, so its inputs are recorded as none).
         let made_of = (origin == "synthesized").then_some(inputs);
-        if self.is_published(path, &manifest_digest) {
+        if self.is_published(path, &manifest_digest)? {
             self.store
                 .set_index_inputs(made_of, &blob_digest, &manifest_digest)?;
             return Ok(());
@@ -520,7 +523,6 @@ impl Run<'_> {
         for stale in plan::stale_index_blobs(&self.store.index_blobs_newest_first()?, &blob_path) {
             self.mirror.remove(&stale).await?;
             self.store.forget_file(&stale)?;
-            self.files.remove(&stale);
             tracing::debug!(path = stale, "old index blob removed");
         }
         Ok(())
@@ -536,8 +538,8 @@ impl Run<'_> {
     ) -> Result<Option<IndexBlob>, Failure> {
         if let Some((known, blob, manifest)) = self.store.index_inputs()?
             && known == *inputs
-            && self.is_intact(&spack::blob_path(&blob))
-            && self.is_published(spack::INDEX_MANIFEST_PATH, &manifest)
+            && self.is_intact(&spack::blob_path(&blob))?
+            && self.is_published(spack::INDEX_MANIFEST_PATH, &manifest)?
         {
             return Ok(None);
         }
@@ -550,12 +552,12 @@ impl Run<'_> {
         let bytes = index.finish(&hashes);
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
-        let bytes = (!self.is_intact(&spack::blob_path(&digest))).then_some(bytes);
+        let bytes = (!self.is_intact(&spack::blob_path(&digest))?).then_some(bytes);
         Ok(Some((digest, size, bytes)))
     }
 
     /// `v3/layout.json`, written once.
-    async fn publish_layout(&mut self) -> Result<(), Failure> {
+    pub(super) async fn publish_layout(&mut self) -> Result<(), Failure> {
         if self.mirror.size_of(spack::LAYOUT_JSON_PATH).is_none() {
             self.mirror
                 .write_file(spack::LAYOUT_JSON_PATH, spack::LAYOUT_JSON)

@@ -14,8 +14,6 @@
 //! then its blob. Each file is renamed into place whole, so a kill leaves every manifest either
 //! its old bytes or its new ones.
 
-use std::collections::BTreeSet;
-
 use super::{Run, now};
 use crate::error::Failure;
 use crate::model::{Digest, FileKind};
@@ -86,14 +84,14 @@ impl Run<'_> {
     ) -> Result<SigningKeyRow, Failure> {
         let digest = Digest::of(armored);
         let blob_path = spack::blob_path(&digest);
-        if !self.is_published(&blob_path, &digest) {
+        if !self.is_published(&blob_path, &digest)? {
             self.mirror.write_file(&blob_path, armored).await?;
             self.record_file(&blob_path, FileKind::KeyBlob, &digest, armored.len() as u64)?;
         }
         let manifest = spack::key_manifest(&spack::key_record(armored));
         let manifest_path = spack::key_manifest_path(fingerprint)?;
         let manifest_digest = Digest::of(&manifest);
-        if !self.is_published(&manifest_path, &manifest_digest) {
+        if !self.is_published(&manifest_path, &manifest_digest)? {
             self.mirror.write_file(&manifest_path, &manifest).await?;
             let size = manifest.len() as u64;
             self.record_file(
@@ -123,7 +121,7 @@ impl Run<'_> {
             let blob = spack::key_index(&refs);
             let digest = Digest::of(&blob);
             let blob_path = spack::blob_path(&digest);
-            if !self.is_published(&blob_path, &digest) {
+            if !self.is_published(&blob_path, &digest)? {
                 self.mirror.write_file(&blob_path, &blob).await?;
                 self.record_file(
                     &blob_path,
@@ -135,7 +133,7 @@ impl Run<'_> {
             let manifest = spack::key_manifest(&spack::key_index_record(&blob));
             let digest = Digest::of(&manifest);
             let path = spack::KEY_INDEX_MANIFEST_PATH;
-            if !self.is_published(path, &digest) {
+            if !self.is_published(path, &digest)? {
                 self.mirror.write_file(path, &manifest).await?;
                 self.record_file(
                     path,
@@ -153,11 +151,11 @@ impl Run<'_> {
         {
             tracing::info!("key index removed: the mirror publishes no key");
         }
-        let stale: BTreeSet<String> = self
-            .files
-            .values()
-            .filter(|f| f.kind == FileKind::KeyIndexBlob && Some(&f.path) != keep.as_ref())
-            .map(|f| f.path.clone())
+        let stale: Vec<String> = self
+            .store
+            .paths_of_kind(FileKind::KeyIndexBlob)?
+            .into_iter()
+            .filter(|p| Some(p) != keep.as_ref())
             .collect();
         for path in stale {
             self.remove_recorded(&path).await?;
@@ -183,15 +181,14 @@ impl Run<'_> {
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
-            let size = |path: &str| self.files.get(path).map_or(0, |f| f.size);
-            let tarball = spack::tarball_record_of(
-                &spec.tarball_digest,
-                size(&spack::blob_path(&spec.tarball_digest)),
-            );
-            let spec_blob = spack::spec_record_of(
-                &spec.spec_digest,
-                size(&spack::blob_path(&spec.spec_digest)),
-            );
+            let size = |digest| -> Result<u64, Failure> {
+                Ok(self
+                    .recorded(&spack::blob_path(digest))?
+                    .map_or(0, |f| f.size))
+            };
+            let tarball =
+                spack::tarball_record_of(&spec.tarball_digest, size(&spec.tarball_digest)?);
+            let spec_blob = spack::spec_record_of(&spec.spec_digest, size(&spec.spec_digest)?);
             let manifest = self.seal(spack::spec_manifest(&tarball, &spec_blob))?;
             self.mirror
                 .write_file(&spec.manifest_path, &manifest)
@@ -204,7 +201,6 @@ impl Run<'_> {
             };
             self.store
                 .record_resigned(self.run_id, &spec.hash, signer.as_deref(), &file, now())?;
-            self.files.insert(file.path.clone(), file);
         }
         Ok(())
     }

@@ -77,13 +77,17 @@ fn two_sources_share_blobs_and_one_index_lists_their_union() {
     assert_eq!(source(&st, "b")["specs_fetched"], 2);
     assert_eq!(source(&st, "b")["specs_published"], 2);
 
-    // Nothing changed: no manifest of either source is asked for again, nothing fetched.
+    // Nothing changed: the settled fast path (no manifest of either source is asked for again,
+    // nothing fetched), with each source's counts as the run that settled the mirror left them.
     let out = env.sync();
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("fetch=0"), "{stderr}");
+    assert!(stderr.contains("nothing changed"), "{stderr}");
     let st = env.status_json();
     assert_eq!(st["last_run"]["blobs_fetched"], 0);
+    assert_eq!(source(&st, "a")["specs_total"], 3, "{st}");
+    assert_eq!(source(&st, "b")["specs_total"], 5, "{st}");
+    assert_eq!(source(&st, "b")["specs_fetched"], 0, "{st}");
     assert_eq!(st["mirror"]["specs"], 5);
 }
 

@@ -251,3 +251,63 @@ fn a_tag_whose_config_has_no_spec_is_skipped_and_counted() {
     assert_eq!(run["problems"][0]["kind"], "skipped");
     check_mirror(&env.root(), &spec_refs(&cache));
 }
+
+/// Whether a run's log says it took the settled fast path.
+fn took_fast_path(out: &std::process::Output) -> bool {
+    String::from_utf8_lossy(&out.stderr).contains("nothing changed")
+}
+
+#[test]
+fn an_unchanged_mirror_takes_the_settled_fast_path_until_something_changes() {
+    let reg = TestRegistry::shared();
+    let url = reg.url("e2e/settled");
+    let first = push_generated(&url, 4, 5_000, 505);
+    let env = Env::new(&url);
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !took_fast_path(&out),
+        "a cold run has no settled state to compare with"
+    );
+
+    // Nothing changed: the fast path, with the counts of the run that settled the mirror.
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(took_fast_path(&out), "{}", text(&out));
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["outcome"], "success", "{run}");
+    assert_eq!(run["specs_total"], 4, "{run}");
+    assert_eq!(run["specs_mirrored"], 4, "{run}");
+    assert_eq!(run["specs_fetched"], 0, "{run}");
+    check_mirror(&env.root(), &spec_refs(&first));
+
+    // New tags: the whole way, and the new specs are mirrored; then settled again.
+    let second = push_generated(&url, 2, 5_000, 506);
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!took_fast_path(&out), "{}", text(&out));
+    let run = env.status_json()["last_run"].clone();
+    assert_eq!(run["specs_fetched"], 2, "{run}");
+    let all: Vec<&GeneratedSpec> = first.specs.iter().chain(&second.specs).collect();
+    check_mirror(&env.root(), &all);
+    assert!(took_fast_path(&env.sync()));
+
+    // A configuration that shapes the mirror changed: the whole way once.
+    env.write_config("[prune]\ngrace = \"1d\"\n");
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!took_fast_path(&out), "{}", text(&out));
+    assert!(took_fast_path(&env.sync()));
+
+    // `--full` always goes the whole way; a file it restores is a ledger write, and the run
+    // after it settles the mirror again.
+    let victim = blob(&env.root(), first.specs[0].tarball.hex());
+    std::fs::remove_file(&victim).unwrap();
+    let out = env.run(&["sync", "--now", "--full"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!took_fast_path(&out), "{}", text(&out));
+    assert!(victim.exists());
+    let out = env.sync();
+    assert!(took_fast_path(&out), "{}", text(&out));
+    check_mirror(&env.root(), &all);
+}

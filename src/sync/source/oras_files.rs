@@ -104,10 +104,14 @@ impl Run<'_> {
         let mut look: Vec<(String, Option<Digest>)> = Vec::new();
         let mut kept = 0_usize;
         for (r, _) in valid {
-            let published = known.get(&r).and_then(|a| {
-                let intact = !a.paths.is_empty() && a.paths.iter().all(|p| self.is_intact(p));
-                a.manifest_digest.clone().filter(|_| intact)
-            });
+            let mut published = None;
+            if let Some(a) = known.get(&r) {
+                let mut intact = !a.paths.is_empty();
+                for p in &a.paths {
+                    intact = intact && self.is_intact(p)?;
+                }
+                published = a.manifest_digest.clone().filter(|_| intact);
+            }
             match published {
                 Some(_) if !full => kept += 1,
                 old => look.push((r, old)),
@@ -206,7 +210,7 @@ impl Run<'_> {
             BTreeMap::new();
         for a in &artifacts {
             for (path, d) in &a.files {
-                if !self.is_published(path, &d.digest) {
+                if !self.is_published(path, &d.digest)? {
                     by_digest
                         .entry(d.digest.clone())
                         .or_insert_with(|| (Arc::clone(&a.client), d.clone(), Vec::new()))
@@ -319,14 +323,18 @@ impl Run<'_> {
     ) -> Result<(), Failure> {
         let name = self.sources[src].config.name.clone();
         for a in artifacts {
-            let problem = a.files.iter().find_map(|(p, d)| {
-                let in_place = self.files.get(p).is_some_and(|f| f.digest == d.digest);
-                match failed.get(p) {
+            let mut problem = None;
+            for (p, d) in &a.files {
+                let in_place = self.recorded(p)?.is_some_and(|f| f.digest == d.digest);
+                problem = match failed.get(p) {
                     Some(msg) => Some(format!("file {p}: {msg}")),
                     None if !in_place => Some(format!("file {p} was not written")),
                     None => None,
+                };
+                if problem.is_some() {
+                    break;
                 }
-            });
+            }
             if let Some(msg) = problem {
                 self.fail_item(src, &a.repository, &msg)?;
                 continue;
