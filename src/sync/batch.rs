@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 
-use super::{Run, now};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{Run, Stop, now};
 use crate::error::{Failure, Scope};
 use crate::mirror::{Published, StagedFile};
 use crate::model::{Digest, FileKind};
@@ -78,14 +80,17 @@ impl Run<'_> {
             .map(|s| Arc::clone(&s.registry))
             .collect();
         let mirror = self.mirror.clone();
+        // Each download is a task of its own, so hashing what arrives spreads over the
+        // runtime's threads instead of running on this one; dropping the stream (a run that
+        // stops) aborts those still going, as dropping their futures did.
         let mut results = futures_util::stream::iter(tasks)
             .map(move |(src, d)| {
                 let (registry, mirror) = (Arc::clone(&registries[src]), mirror.clone());
-                async move {
+                AbortOnDropHandle::new(tokio::spawn(async move {
                     let path = spack::blob_path(&d.digest);
                     let r = super::download::download_staged(&registry, &mirror, &d, &path).await;
                     (src, d, r)
-                }
+                }))
             })
             .buffer_unordered(self.config.max_concurrency);
         let cancel = self.cancel;
@@ -118,13 +123,14 @@ impl Run<'_> {
                 }
                 next = results.next(), if listing => match next {
                     None => listing = false,
-                    Some((src, _, Ok(staged))) => pending.push(src, staged),
-                    Some((_, d, Err(f))) if f.scope == Scope::Item => {
+                    Some(Ok((src, _, Ok(staged)))) => pending.push(src, staged),
+                    Some(Ok((_, d, Err(f)))) if f.scope == Scope::Item => {
                         tracing::warn!(digest = %d.digest, error = &f as &dyn std::error::Error, "tarball rejected");
                         self.note_partial(&d.digest)?;
                         failed.push((d.digest.clone(), crate::diagnostic::error_chain(&f)));
                     }
-                    Some((_, _, Err(f))) => return Err(f),
+                    Some(Ok((_, _, Err(f)))) => return Err(f),
+                    Some(Err(lost)) => return Err(Stop::TaskLost { reason: lost.to_string() }.into()),
                 },
             }
         }

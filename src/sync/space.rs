@@ -42,6 +42,11 @@ pub enum Stop {
     /// Every source failed: their reasons, on one line.
     #[error("{0}")]
     AllSources(String),
+    /// A download's task ended without an answer (it panicked): a bug, reported as such.
+    #[error(
+        "a download task stopped without finishing ({reason}); this is a bug, please report it"
+    )]
+    TaskLost { reason: String },
 }
 
 /// One filesystem a run writes to, with the config keys that place directories on it.
