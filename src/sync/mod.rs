@@ -148,7 +148,7 @@ struct Run<'a> {
     blobs: SpecBlobMaker,
     /// The settled run this run found the mirror unchanged from (the fast path), if it did.
     settled_by: Option<i64>,
-    /// Whether some unwanted spec waits for `prune.grace` (or for pruning to be enabled).
+    /// Whether some unwanted spec waits for `prune.grace` to pass (pruning enabled).
     prune_waiting: bool,
 }
 
@@ -363,7 +363,8 @@ impl Run<'_> {
         }
         let candidates = self.one_per_spec(candidates)?;
         let prune = self.plan_pruning(&candidates)?;
-        self.prune_waiting = !prune.waiting.is_empty();
+        // Kept unwanted specs change nothing over time unless pruning may remove them.
+        self.prune_waiting = self.config.prune.enabled && !prune.waiting.is_empty();
         let t = phase_done("plan_pruning", t);
         let gone: HashSet<&str> = prune.remove.iter().map(|u| u.hash.as_str()).collect();
         let kept: Vec<SpecRow> = intact

@@ -1,5 +1,5 @@
 //! The settled fast path. A run that left the mirror complete (a success with nothing failed,
-//! skipped, waiting on pruning or a retired signing key still to remove) is recorded as settled, with the ledger's generation and a
+//! skipped, waiting out `prune.grace` or a retired signing key still to remove) is recorded as settled, with the ledger's generation and a
 //! fingerprint of what it was made from: this build, the configuration that shapes the mirror,
 //! the environments' lockfiles and every source's listing. The next run lists each source
 //! (the one request it cannot avoid) and, when the fingerprint and the generation are

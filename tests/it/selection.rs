@@ -356,6 +356,29 @@ fn environment_roots_are_mirrored_and_a_root_the_cache_lacks_is_named() {
 }
 
 #[test]
+fn a_changed_lockfile_is_read_even_when_nothing_else_changed() {
+    let (url, c) = pushed("selection/env-change", true);
+    let env = Env::new(&url);
+    let lock = env.dir.path().join("spack.lock");
+    let write = |roots: &[(&str, &str, &str)]| std::fs::write(&lock, lockfile(roots)).unwrap();
+    write(&[("zlib", "1.3.1", hash(&c, "zlib", "1.3.1"))]);
+    configure(&env, "environments = [\"spack.lock\"]", "");
+    synced(&env);
+    assert_eq!(served(&env), set(&["zlib@1.3.1"]));
+    let again = synced(&env);
+    assert!(text(&again).contains("nothing changed"), "{}", text(&again));
+
+    // Same listing, same config file, another lockfile: the selection is made again.
+    write(&[
+        ("zlib", "1.3.1", hash(&c, "zlib", "1.3.1")),
+        ("cuda", "12.4.0", hash(&c, "cuda", "12.4.0")),
+    ]);
+    let out = synced(&env);
+    assert!(!text(&out).contains("nothing changed"), "{}", text(&out));
+    assert_eq!(served(&env), set(&["zlib@1.3.1", "cuda@12.4.0"]));
+}
+
+#[test]
 fn the_fixture_lockfile_written_by_spack_is_read() {
     let lock = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
