@@ -52,6 +52,9 @@ const DEFAULT_MAX_CONCURRENCY: usize = 32;
 /// Upper bound for a manifest body.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
+/// The most a small body reserves before its bytes arrive, whatever length it declares.
+const PREALLOCATE_AT_MOST: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -525,7 +528,11 @@ impl RegistryClient {
                 limit,
             });
         }
-        let mut out = Vec::new();
+        // Room for the declared length up front (a 10 MB index grown by doubling would touch
+        // 16 MiB plus the 8 it was copied from), but never more than `PREALLOCATE_AT_MOST`
+        // on the registry's word alone.
+        let declared = resp.content_length().unwrap_or(0).min(PREALLOCATE_AT_MOST);
+        let mut out = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         while let Some(chunk) = resp.chunk().await.map_err(|source| Error::Connect {
             url: url.to_owned(),
             source,

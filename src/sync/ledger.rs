@@ -171,26 +171,30 @@ impl Run<'_> {
     /// other sources' tags are recorded as naming it, so they cost no request next time.
     pub(super) fn one_per_spec(
         &mut self,
-        candidates: Vec<Candidate>,
+        mut candidates: Vec<Candidate>,
     ) -> Result<Vec<Candidate>, Failure> {
+        // Filtered in place: a second vector of every candidate would double the peak.
         let mut seen: HashSet<String> = HashSet::new();
-        let mut out = Vec::new();
-        for c in candidates {
+        let mut also = Vec::new();
+        candidates.retain(|c| {
             if seen.insert(c.spec.hash.clone()) {
-                out.push(c);
-            } else {
-                let source = &self.sources[c.source].config.name;
-                self.store.record_tag_spec(
-                    self.run_id,
-                    source,
-                    c.tag.as_str(),
-                    &c.manifest_digest,
-                    &c.spec.hash,
-                )?;
-                tracing::debug!(source = %source, tag = %c.tag, "spec also listed by another source");
+                return true;
             }
+            also.push((
+                c.source,
+                c.manifest_digest.clone(),
+                c.tag.to_string(),
+                c.spec.hash.clone(),
+            ));
+            false
+        });
+        for (src, manifest_digest, tag, hash) in also {
+            let source = &self.sources[src].config.name;
+            self.store
+                .record_tag_spec(self.run_id, source, &tag, &manifest_digest, &hash)?;
+            tracing::debug!(source = %source, tag, "spec also listed by another source");
         }
-        Ok(out)
+        Ok(candidates)
     }
 
     /// Counts what the mirror serves at the end of the run: run-wide, and per source the

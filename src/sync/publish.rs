@@ -62,7 +62,7 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        let ready = self.write_spec_blobs(ready).await?;
+        self.write_spec_blobs(&ready).await?;
 
         // Every spec the mirror can now serve, old and new: what it needs, its spec blob and
         // its name as the index gives it, borrowed from the rows. Then what the index lists
@@ -70,9 +70,9 @@ impl Run<'_> {
         let old = intact
             .iter()
             .map(|s| (&s.hash, &s.requires, &s.spec_digest, &s.name, &s.version));
-        let new = ready.iter().map(|(c, d)| {
+        let new = ready.iter().map(|c| {
             let s = &c.spec;
-            (&s.hash, &s.requires, d, &s.name, &s.version)
+            (&s.hash, &s.requires, c.blob.digest(), &s.name, &s.version)
         });
         let mut requires: BTreeMap<&str, &Vec<String>> = BTreeMap::new();
         let mut specs: HashMap<&str, (&Digest, &str, &str)> = HashMap::new();
@@ -149,16 +149,24 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(Vec::new());
         }
-        let mut ready = Vec::new();
-        for c in candidates {
-            if let Some(msg) = failed.get(&c.image.tarball.digest) {
-                let msg = format!("tarball of {}: {msg}", c.tag);
-                self.fail_item(c.source, c.tag.as_str(), &msg)?;
-            } else {
-                ready.push(c);
-            }
+        // Filtered in place: a second vector of every candidate would double the peak.
+        let mut candidates = candidates;
+        let mut lost = Vec::new();
+        candidates.retain(|c| {
+            let Some(msg) = failed.get(&c.image.tarball.digest) else {
+                return true;
+            };
+            lost.push((
+                c.source,
+                c.tag.to_string(),
+                format!("tarball of {}: {msg}", c.tag),
+            ));
+            false
+        });
+        for (src, tag, msg) in lost {
+            self.fail_item(src, &tag, &msg)?;
         }
-        Ok(ready)
+        Ok(candidates)
     }
 
     /// The candidates' tarballs the mirror already holds intact.
@@ -176,27 +184,20 @@ impl Run<'_> {
         Ok(present)
     }
 
-    /// Writes each candidate's spec blob, in batches; returns them with its digest.
-    async fn write_spec_blobs(
-        &mut self,
-        candidates: Vec<Candidate>,
-    ) -> Result<Vec<(Candidate, Digest)>, Failure> {
-        let mut ready = Vec::with_capacity(candidates.len());
+    /// Writes each candidate's spec blob, in batches.
+    async fn write_spec_blobs(&mut self, candidates: &[Candidate]) -> Result<(), Failure> {
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         for c in candidates {
-            let digest = c.blob.digest().clone();
-            let path = spack::blob_path(&digest);
+            let path = spack::blob_path(c.blob.digest());
             if !batch.iter().any(|(p, _)| *p == path) && !self.is_intact(&path)? {
                 batch.push((path, c.blob.bytes().to_vec()));
             }
-            ready.push((c, digest));
             if batch.len() >= BATCH_FILES {
                 self.publish_small(std::mem::take(&mut batch), FileKind::SpecBlob)
                     .await?;
             }
         }
-        self.publish_small(batch, FileKind::SpecBlob).await?;
-        Ok(ready)
+        self.publish_small(batch, FileKind::SpecBlob).await
     }
 
     /// Publishes small files as one batch, then records them in one transaction.
@@ -224,13 +225,13 @@ impl Run<'_> {
     /// failed, naming the dependencies the mirror cannot serve.
     async fn write_spec_manifests(
         &mut self,
-        ready: &[(Candidate, Digest)],
+        ready: &[Candidate],
         installable: &BTreeSet<String>,
     ) -> Result<(), Failure> {
         let mut batch = Vec::new();
-        for (c, spec_digest) in ready {
+        for c in ready {
             if installable.contains(&c.spec.hash) {
-                if let Some(spec) = self.spec_manifest(c, spec_digest)? {
+                if let Some(spec) = self.spec_manifest(c)? {
                     batch.push(spec);
                 }
                 if batch.len() >= BATCH_FILES {
@@ -258,12 +259,8 @@ impl Run<'_> {
 
     /// The spec manifest of a candidate whose blobs are in place, with the rows that record
     /// it; `None` when its path cannot be made (the candidate is failed).
-    fn spec_manifest(
-        &mut self,
-        c: &Candidate,
-        spec_digest: &Digest,
-    ) -> Result<Option<SpecToPublish>, Failure> {
-        let spec = &c.spec;
+    fn spec_manifest(&mut self, c: &Candidate) -> Result<Option<SpecToPublish>, Failure> {
+        let (spec, spec_digest) = (&c.spec, c.blob.digest());
         let manifest_path = match spack::spec_manifest_path(&spec.name, &spec.version, &spec.hash) {
             Ok(p) => p,
             Err(e) => {
