@@ -101,6 +101,7 @@ pub async fn dry_run(
         stat_files: full,
         blobs: crate::spack::SpecBlobMaker::default(),
         settled_by: None,
+        made_from: None,
         prune_waiting: false,
     };
     run.plan_only(full).await.map_err(Error::Plan)

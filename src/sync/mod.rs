@@ -148,6 +148,9 @@ struct Run<'a> {
     blobs: SpecBlobMaker,
     /// The settled run this run found the mirror unchanged from (the fast path), if it did.
     settled_by: Option<i64>,
+    /// What this run's mirror is made from, taken once every source was listed (see
+    /// `settled`); `None` until then, or when a lockfile could not be read.
+    made_from: Option<Digest>,
     /// Whether some unwanted spec waits for `prune.grace` to pass (pruning enabled).
     prune_waiting: bool,
 }
@@ -215,6 +218,7 @@ async fn run_in_span(
         stat_files: opts.full,
         blobs: SpecBlobMaker::default(),
         settled_by: None,
+        made_from: None,
         prune_waiting: false,
     };
     let result = match tokio::time::timeout(config.run_timeout, run.execute(opts.full)).await {
@@ -351,6 +355,9 @@ impl Run<'_> {
         let intact = self.intact_specs()?;
         let t = phase_done("intact_specs", t);
         self.read_sources(full, &intact).await?;
+        // Before the selection reads the lockfiles: one edited during the run then differs
+        // from what is recorded, and the next run goes the whole way.
+        self.made_from = self.fingerprint();
         let t = phase_done("read_sources", t);
         if self.cancel.is_cancelled() || !self.has_spack_sources() {
             // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.

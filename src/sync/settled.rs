@@ -176,9 +176,9 @@ impl Run<'_> {
                 .signing_keys()?
                 .iter()
                 .all(|k| k.retired_run.is_none());
-        match self.fingerprint().filter(|_| complete) {
+        match self.made_from.as_ref().filter(|_| complete) {
             Some(fp) => {
-                self.store.settle(self.run_id, &fp)?;
+                self.store.settle(self.run_id, fp)?;
                 tracing::debug!(run_id = self.run_id, "mirror settled");
             }
             None => self.store.unsettle()?,
