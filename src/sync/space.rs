@@ -205,12 +205,13 @@ impl Run<'_> {
     /// Fails, alone, each candidate whose tarball is declared larger than any sane blob.
     fn refuse_absurd(
         &mut self,
-        candidates: Vec<Candidate>,
+        mut candidates: Vec<Candidate>,
         present: &HashSet<Digest>,
         root_total: u64,
     ) -> Result<Vec<Candidate>, Failure> {
-        let mut sane = Vec::new();
-        for c in candidates {
+        // Filtered in place: a second vector of every candidate would double the peak.
+        let mut absurd = Vec::new();
+        candidates.retain(|c| {
             let d = &c.image.tarball;
             let limit = [
                 (MAX_DECLARED_BYTES, "spack-mirrord's limit for one blob"),
@@ -218,20 +219,22 @@ impl Run<'_> {
             ]
             .into_iter()
             .find(|(limit, _)| d.size > *limit && !present.contains(&d.digest));
-            match limit {
-                Some((limit, limit_name)) => {
-                    let absurd = BlobError::Absurd {
-                        digest: d.digest.clone(),
-                        size: d.size,
-                        limit,
-                        limit_name,
-                    };
-                    self.fail_item_with(c.source, c.tag.as_str(), &absurd.into())?;
-                }
-                None => sane.push(c),
-            }
+            let Some((limit, limit_name)) = limit else {
+                return true;
+            };
+            let error = BlobError::Absurd {
+                digest: d.digest.clone(),
+                size: d.size,
+                limit,
+                limit_name,
+            };
+            absurd.push((c.source, c.tag.to_string(), error));
+            false
+        });
+        for (src, tag, error) in absurd {
+            self.fail_item_with(src, &tag, &error.into())?;
         }
-        Ok(sane)
+        Ok(candidates)
     }
 
     /// Fails each candidate [`plan::fit`] left out, saying which filesystem it did not fit.
