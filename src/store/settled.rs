@@ -1,5 +1,5 @@
-//! The settled mirror state: the last run that left the mirror complete (a success with nothing
-//! failed, skipped or waiting on pruning), the ledger's generation then, and the digest of what
+//! The settled mirror state: the last run that left the mirror complete (see `sync::settled`),
+//! the ledger's generation then, and the digest of what
 //! it was made from. `ledger_generation` moves on with every change to a table a run decides
 //! on (triggers of migration 0011), so an equal generation means nobody wrote since. SQL only.
 
@@ -62,17 +62,6 @@ impl Store {
     /// The counts a run recorded; `None` for a run the ledger does not hold.
     pub fn run_counts(&self, run_id: i64) -> Result<Option<RunCounts>, Error> {
         Ok(self.run_by_id(run_id)?.map(|r| r.counts))
-    }
-
-    /// Records that run `run_id` saw the same listing of `source` as its latest: every tag
-    /// the ledger holds as listed was seen by it (no row per tag is written).
-    pub fn touch_listing(&self, source: &str, run_id: i64) -> Result<(), Error> {
-        self.conn.execute(
-            "INSERT INTO source_listings (source, run_id) VALUES (?1, ?2)
-             ON CONFLICT(source) DO UPDATE SET run_id = excluded.run_id",
-            params![source, run_id],
-        )?;
-        Ok(())
     }
 }
 

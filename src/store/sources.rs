@@ -77,14 +77,16 @@ impl Store {
             for (tag, _) in known.iter().filter(|(_, (_, listed))| *listed) {
                 unlist.execute(params![source, tag, previous])?;
             }
-            tx.execute(
-                "INSERT INTO source_listings (source, run_id) VALUES (?1, ?2)
-                 ON CONFLICT(source) DO UPDATE SET run_id = excluded.run_id",
-                params![source, run_id],
-            )?;
+            record_listing(&tx, source, run_id)?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records that run `run_id` saw the same listing of `source` as its latest: every tag
+    /// the ledger holds as listed was seen by it (no row per tag is written).
+    pub fn touch_listing(&self, source: &str, run_id: i64) -> Result<(), Error> {
+        record_listing(&self.conn, source, run_id)
     }
 
     /// The last run that saw a source's tag listed (`None`: never).
@@ -124,6 +126,20 @@ impl Store {
 
     /// What the ledger knows of a source's registry index; `None` also for a row from before
     /// the names were kept (migration 0005), so that the index is judged again.
+    /// The manifest digest of [`Self::registry_index`] alone (same `None` cases), without
+    /// reading the names it lists: what a run compares the registry's manifest with.
+    pub fn registry_index_manifest(&self, source: &str) -> Result<Option<Digest>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT manifest_digest FROM source_indexes
+                 WHERE source = ?1 AND entries IS NOT NULL",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn registry_index(&self, source: &str) -> Result<Option<RegistryIndexRow>, Error> {
         let row = self
             .conn
@@ -191,6 +207,16 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// `run_id` as the run of `source`'s latest listing, on `conn` (a transaction of the caller's).
+fn record_listing(conn: &rusqlite::Connection, source: &str, run_id: i64) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO source_listings (source, run_id) VALUES (?1, ?2)
+         ON CONFLICT(source) DO UPDATE SET run_id = excluded.run_id",
+        params![source, run_id],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -275,12 +301,15 @@ mod tests {
             problem: None,
         };
         s.set_registry_index("a", &row).unwrap();
+        assert_eq!(s.registry_index_manifest("a").unwrap(), Some(d("m")));
         assert_eq!(s.registry_index("a").unwrap(), Some(row));
         assert!(s.registry_index("b").unwrap().is_none());
+        assert!(s.registry_index_manifest("b").unwrap().is_none());
         // A row from before the names were kept reads as unknown.
         s.conn
             .execute("UPDATE source_indexes SET entries = NULL", [])
             .unwrap();
         assert!(s.registry_index("a").unwrap().is_none());
+        assert!(s.registry_index_manifest("a").unwrap().is_none());
     }
 }

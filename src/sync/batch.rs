@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{Run, Stop, now};

@@ -356,8 +356,11 @@ impl Run<'_> {
         let t = phase_done("intact_specs", t);
         self.read_sources(full, &intact).await?;
         // Before the selection reads the lockfiles: one edited during the run then differs
-        // from what is recorded, and the next run goes the whole way.
-        self.made_from = self.fingerprint();
+        // from what is recorded, and the next run goes the whole way. The fast path's check
+        // may have taken it already, from the same listings.
+        if self.made_from.is_none() {
+            self.made_from = self.fingerprint();
+        }
         let t = phase_done("read_sources", t);
         if self.cancel.is_cancelled() || !self.has_spack_sources() {
             // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.

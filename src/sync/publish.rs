@@ -363,8 +363,7 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let known = self.store.registry_index(&name)?;
-        if known.as_ref().is_some_and(|k| k.manifest_digest == digest) {
+        if self.store.registry_index_manifest(&name)?.as_ref() == Some(&digest) {
             return Ok(None);
         }
         let layer = match spack::parse_index_manifest(&manifest) {

@@ -1,6 +1,6 @@
-//! The settled fast path. A run that left the mirror complete (a success with nothing failed,
-//! skipped, waiting out `prune.grace` or a retired signing key still to remove) is recorded as settled, with the ledger's generation and a
-//! fingerprint of what it was made from: this build, the configuration that shapes the mirror,
+//! The settled fast path. A run that left the mirror complete (a success with nothing failed or
+//! skipped, no spec waiting out `prune.grace` and no retired signing key still to remove) is
+//! recorded as settled, with the ledger's generation and a fingerprint of what it was made from: this build, the configuration that shapes the mirror,
 //! the environments' lockfiles and every source's listing. The next run lists each source
 //! (the one request it cannot avoid) and, when the fingerprint and the generation are
 //! unchanged and the registry's index manifest too, it has nothing to decide: it copies the
@@ -104,7 +104,9 @@ impl Run<'_> {
                 }
             }
         }
-        if self.fingerprint().as_ref() != Some(&settled.fingerprint) {
+        // Taken here, before the selection reads the lockfiles, and kept for the whole way.
+        self.made_from = self.fingerprint();
+        if self.made_from.as_ref() != Some(&settled.fingerprint) {
             return Ok(false);
         }
         if !self.registry_index_unchanged().await? {
@@ -149,12 +151,12 @@ impl Run<'_> {
         if !has_index {
             return Ok(true);
         }
-        let Some(known) = self.store.registry_index(&source.config.name)? else {
+        let Some(known) = self.store.registry_index_manifest(&source.config.name)? else {
             return Ok(false);
         };
         Ok(
             match source.registry.manifest_digest(spack::INDEX_TAG).await {
-                Ok(Some(d)) => d == known.manifest_digest,
+                Ok(Some(d)) => d == known,
                 Ok(None) | Err(_) => false,
             },
         )

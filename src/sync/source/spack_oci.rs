@@ -45,13 +45,15 @@ impl Run<'_> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
         let t = std::time::Instant::now();
+        // The fast path's check may have listed the source already (and taken its digest).
         let remote = if let Some(listed) = self.sources[src].listing.take() {
             listed?
         } else {
             registry.authenticate().await.map_err(Failure::source)?;
-            registry.list_tags().await.map_err(Failure::source)?
+            let tags = registry.list_tags().await.map_err(Failure::source)?;
+            self.sources[src].listing_digest = Some(crate::sync::settled::listing_digest(&tags));
+            tags
         };
-        self.sources[src].listing_digest = Some(crate::sync::settled::listing_digest(&remote));
         let t = crate::sync::phase_done("list_tags", t);
         // A known tag costs no request when the spec it names is intact in the mirror,
         // whichever source published it.
