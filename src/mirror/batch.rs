@@ -67,24 +67,33 @@ impl Mirror {
         w.stage(rel).await
     }
 
+    /// Stages small files held in memory (on one blocking thread), unsynced, for a later
+    /// [`Self::publish_batch`]; dropped unpublished, each is deleted.
+    pub async fn stage_files(
+        &self,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<StagedFile>, Error> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mirror = self.clone();
+        self.blocking(move || {
+            files
+                .into_iter()
+                .map(|(rel, bytes)| mirror.stage_blocking(rel, &bytes))
+                .collect()
+        })
+        .await
+    }
+
     /// Writes small files held in memory as one batch: each staged (on one blocking thread),
     /// then all made durable, renamed and their directories fsynced ([`Self::publish_batch`]).
     pub async fn write_batch(
         &self,
         files: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<Published>, Error> {
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mirror = self.clone();
-        self.blocking(move || {
-            let staged = files
-                .into_iter()
-                .map(|(rel, bytes)| mirror.stage_blocking(rel, &bytes))
-                .collect::<Result<Vec<_>, _>>()?;
-            mirror.publish_blocking(staged)
-        })
-        .await
+        let staged = self.stage_files(files).await?;
+        self.publish_batch(staged).await
     }
 
     /// Makes the staged files durable in one pass, renames each into place, then fsyncs each

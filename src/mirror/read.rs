@@ -13,7 +13,7 @@ use rustix::fs::FileType;
 use sha2::Digest as _;
 
 use super::tree::{self, Failed, Found, Opened};
-use super::{Error, Mirror};
+use super::{Error, Mirror, StagedFile};
 use crate::model::Digest;
 
 /// What is at a path under the mirror root, hashed.
@@ -74,6 +74,19 @@ impl Mirror {
                 path: self.root.join(rel),
                 source: io::Error::other(e),
             })?
+    }
+
+    /// Reads a staged file back (a registry index, to learn from before it is published).
+    pub async fn read_staged(&self, file: &StagedFile) -> Result<Vec<u8>, Error> {
+        let path = file.staged.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::read(&path).map_err(|source| Error::Read { path, source })
+        })
+        .await
+        .map_err(|e| Error::Read {
+            path: file.staged.path().to_owned(),
+            source: io::Error::other(e),
+        })?
     }
 
     /// Hashes what is at `rel` (sha256, streamed). A missing path, one that is not a regular

@@ -15,8 +15,8 @@ mod space;
 pub use prune::{PrunePlan, Unwanted, plan_prune, protect_requires, pruned_files};
 pub use select::{Closure, Dependencies, closure};
 pub use space::{
-    BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit, on_disk,
-    space_margin,
+    BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit,
+    fits_whole, on_disk, space_margin,
 };
 
 /// What to do with the registry's tags.

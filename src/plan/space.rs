@@ -197,6 +197,15 @@ pub fn fit(claims: &[Claim], reserved: &[u64], available: &[u64]) -> Fit {
     out
 }
 
+/// Whether claims totalling `used` per volume all fit, margin included. When they do,
+/// [`fit`] accepts every one of them (each step of it uses no more than the total, and the
+/// margin grows with what is used), so the claims need not be built one by one.
+pub fn fits_whole(used: &[u64], available: &[u64]) -> bool {
+    used.iter()
+        .zip(available)
+        .all(|(&n, &free)| n.saturating_add(space_margin(n)) <= free)
+}
+
 /// Indexes with every claim after the claims it needs; ties (and any cycle) in index order.
 fn dependency_order(needs: &[Vec<usize>]) -> Vec<usize> {
     let mut waiting: Vec<usize> = needs.iter().map(Vec::len).collect();
@@ -335,6 +344,40 @@ mod tests {
 
     fn keys(claims: &[Claim], idx: &[usize]) -> Vec<String> {
         idx.iter().map(|&i| claims[i].key.clone()).collect()
+    }
+
+    #[test]
+    fn the_whole_fits_exactly_when_fit_takes_every_claim() {
+        // Two volumes; a shared blob counted once. The total is 3 MiB on volume 0 (+ margin
+        // 1 MiB) and 1 MiB on volume 1 (+ 1 MiB).
+        let claims = [
+            Claim {
+                own: vec![MIB, MIB / 2],
+                ..claim("a", &[], 0, Some(("t", MIB)))
+            },
+            Claim {
+                own: vec![MIB, MIB / 2],
+                ..claim("b", &["a"], 0, Some(("t", MIB)))
+            },
+        ];
+        let total = [3 * MIB, MIB];
+        for (free, all) in [
+            ([4 * MIB, 2 * MIB], true),
+            ([4 * MIB - 1, 2 * MIB], false),
+            ([4 * MIB, 2 * MIB - 1], false),
+        ] {
+            let mut claims = claims.clone();
+            for c in &mut claims {
+                c.blobs[0].1 = vec![MIB, 0];
+            }
+            assert_eq!(fits_whole(&total, &free), all, "{free:?}");
+            let verdict = fit(&claims, &[0, 0], &free);
+            assert_eq!(verdict.rejected.is_empty(), all, "{free:?}: {verdict:?}");
+        }
+        assert!(
+            fits_whole(&[0, 0], &[0, 0]),
+            "nothing to write needs nothing"
+        );
     }
 
     #[test]

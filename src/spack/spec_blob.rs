@@ -36,6 +36,10 @@ impl SpecBlob {
         &self.digest
     }
 
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// The length of the spec JSON inside.
     pub fn json_len(&self) -> usize {
         self.json_len
@@ -103,18 +107,28 @@ impl SpecBlobMaker {
     /// The JSON of a spec blob made by [`Self::make`], checked against the blob's own length
     /// and CRC.
     pub fn spec_json(&mut self, blob: &SpecBlob) -> Result<String, Error> {
+        self.json_of(&blob.bytes, &blob.digest, blob.json_len)
+    }
+
+    /// [`Self::spec_json`] of a blob's bytes read back from where it was put, with the
+    /// digest and JSON length its [`SpecBlob`] had.
+    pub fn json_of(
+        &mut self,
+        bytes: &[u8],
+        digest: &Digest,
+        json_len: usize,
+    ) -> Result<String, Error> {
         let bad = |reason: &str| Error::SpecBlob {
-            digest: blob.digest.clone(),
+            digest: digest.clone(),
             reason: reason.to_owned(),
         };
-        let body = blob
-            .bytes
+        let body = bytes
             .strip_prefix(&GZIP_HEADER)
             .ok_or_else(|| bad("no gzip header"))?;
         let (deflated, trailer) = body
             .split_last_chunk::<8>()
             .ok_or_else(|| bad("truncated"))?;
-        let want = HEAD.len() + blob.json_len + TAIL.len();
+        let want = HEAD.len() + json_len + TAIL.len();
         let inflate = self.inflate.get_or_insert_with(|| Decompress::new(false));
         inflate.reset(false);
         let mut text = Vec::with_capacity(want);

@@ -67,7 +67,29 @@ pub(super) async fn download_staged(
     d: &Descriptor,
     dest: &str,
 ) -> Result<StagedFile, Failure> {
-    let mut writer = mirror.resume_writer(&d.digest, d.size).await?;
+    let writer = mirror.resume_writer(&d.digest, d.size).await?;
+    download_into(registry, writer, d, dest).await
+}
+
+/// [`download_staged`] into a temporary file: deleted when dropped unpublished, and started
+/// afresh by the next run (a registry index, read before the run knows it will publish it).
+pub(super) async fn download_temp(
+    registry: &RegistryClient,
+    mirror: &Mirror,
+    d: &Descriptor,
+    dest: &str,
+) -> Result<StagedFile, Failure> {
+    let writer = mirror.blob_writer()?;
+    download_into(registry, writer, d, dest).await
+}
+
+/// [`download_staged`] with the writer given: resumed from what it holds.
+async fn download_into(
+    registry: &RegistryClient,
+    mut writer: BlobWriter,
+    d: &Descriptor,
+    dest: &str,
+) -> Result<StagedFile, Failure> {
     if writer.len() == d.size && writer.digest() == d.digest {
         tracing::debug!(digest = %d.digest, "kept download is complete");
         return Ok(writer.stage_verified(dest, &d.digest, Some(d.size)).await?);

@@ -127,7 +127,7 @@ impl Run<'_> {
             .count() as u64;
         drop(gone);
         let present = self.present_tarballs(&candidates)?;
-        let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.image.tarball), &present);
+        let jobs = plan::plan_blobs(candidates.iter().map(|c| &c.tarball), &present);
         let mut fetch: Vec<DrySpec> = candidates
             .iter()
             .map(|c| DrySpec {
@@ -135,10 +135,10 @@ impl Run<'_> {
                 name: c.spec.name.clone(),
                 version: c.spec.version.clone(),
                 hash: c.spec.hash.clone(),
-                tarball_bytes: if present.contains(&c.image.tarball.digest) {
+                tarball_bytes: if present.contains(&c.tarball.digest) {
                     0
                 } else {
-                    c.image.tarball.size
+                    c.tarball.size
                 },
             })
             .collect();

@@ -17,6 +17,7 @@
 mod batch;
 mod download;
 mod dry_run;
+mod index;
 mod inspect;
 mod ledger;
 mod prune;
@@ -45,10 +46,10 @@ use tracing::Instrument as _;
 use crate::config::{self, Config};
 use crate::error::{Error, Failure};
 use crate::lock::{self, RunLock};
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, StagedFile};
 use crate::model::{Digest, Outcome, RunCounts, Tag, Trigger};
 use crate::registry::RegistryClient;
-use crate::spack::{SpecBlob, SpecBlobMaker, SpecConfig, SpecImage};
+use crate::spack::{Descriptor, SpecBlob, SpecBlobMaker, SpecConfig};
 use crate::store::{self, SpecRow, Store};
 
 #[derive(Debug, Clone)]
@@ -85,17 +86,94 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// A spec tag whose manifest and config were fetched and checked.
+/// A spec tag whose manifest and config were fetched and checked, as the run holds it until
+/// it is published: only what its spec manifest, its ledger row and the index need. Thousands
+/// are held at once, so nothing else of the manifest or the config is kept.
 struct Candidate {
     /// Index of the source that listed it.
     source: usize,
     tag: Tag,
     manifest_digest: Digest,
-    image: SpecImage,
-    /// Its config; `spec.spec_json` is empty: the JSON is held in `blob`, a fifth its size.
-    spec: SpecConfig,
-    /// Its spec blob, as it will be published; [`SpecBlobMaker::spec_json`] gives the JSON back.
-    blob: SpecBlob,
+    /// Its own tarball, the manifest's last layer.
+    tarball: Descriptor,
+    spec: CandidateSpec,
+    /// Its spec blob, as it will be published.
+    blob: HeldBlob,
+}
+
+/// A candidate's spec blob, wherever it is: staged soon after it is made (in batches), so
+/// the run does not hold thousands of them, then published; held in memory by a dry run,
+/// which writes nothing.
+enum HeldBlob {
+    /// [`SpecBlobMaker::spec_json`] gives the JSON back.
+    Memory(SpecBlob),
+    Staged {
+        file: StagedFile,
+        json_len: usize,
+    },
+    /// Renamed into place, or left to the same blob already there.
+    Placed {
+        digest: Digest,
+        len: u64,
+        json_len: usize,
+    },
+}
+
+impl HeldBlob {
+    fn digest(&self) -> &Digest {
+        match self {
+            Self::Memory(b) => b.digest(),
+            Self::Staged { file, .. } => file.digest(),
+            Self::Placed { digest, .. } => digest,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Memory(b) => b.bytes().len() as u64,
+            Self::Staged { file, .. } => file.len(),
+            Self::Placed { len, .. } => *len,
+        }
+    }
+
+    /// The length of the spec JSON inside.
+    fn json_len(&self) -> usize {
+        match self {
+            Self::Memory(b) => b.json_len(),
+            Self::Staged { json_len, .. } | Self::Placed { json_len, .. } => *json_len,
+        }
+    }
+
+    /// Where it is once placed under the root (what it was is given up).
+    fn placed(&mut self) -> Self {
+        let placed = Self::Placed {
+            digest: self.digest().clone(),
+            len: self.len(),
+            json_len: self.json_len(),
+        };
+        std::mem::replace(self, placed)
+    }
+}
+
+/// Of a candidate's config, what outlives the checks (see [`SpecConfig`] for each field).
+struct CandidateSpec {
+    name: String,
+    version: String,
+    hash: String,
+    arch: String,
+    requires: Vec<String>,
+}
+
+impl From<SpecConfig> for CandidateSpec {
+    fn from(c: SpecConfig) -> Self {
+        Self {
+            name: c.name,
+            version: c.version,
+            hash: c.hash,
+            arch: c.arch,
+            requires: c.requires,
+        }
+    }
 }
 
 /// One source during a run.
@@ -118,7 +196,7 @@ struct SourceState {
     listing_digest: Option<Digest>,
     /// Whether its `index.spack` was looked at in this run, and its blob if it was fetched.
     index_checked: bool,
-    index_blob: Option<Vec<u8>>,
+    index_blob: Option<index::HeldIndex>,
 }
 
 #[expect(
@@ -365,6 +443,11 @@ impl Run<'_> {
         if self.cancel.is_cancelled() || !self.has_spack_sources() {
             // Only oras-files sources: their files are the mirror; no Spack v3 index or layout.
             return Ok(());
+        }
+        // The registry index the mirror may copy is read now, while the run holds little:
+        // parsing it takes about twice its size, and that room is then reused.
+        if let Some(src) = self.single_indexed_source() {
+            self.refresh_registry_index(src).await?;
         }
         let candidates = self.select_and_fetch(&intact).await?;
         let t = phase_done("select_and_fetch", t);

@@ -87,18 +87,15 @@ impl Run<'_> {
         self.log_excluded_needed(&active, &roots, &closure, &facts);
         let wanted = closure.members;
 
-        let mut out: Vec<Candidate> = Vec::new();
         let mut learned: Vec<NodeFacts> = Vec::new();
         let new: HashSet<(usize, &Tag)> = active
             .iter()
             .flat_map(|&s| self.sources[s].to_fetch.iter().map(move |t| (s, t)))
             .collect();
-        let early: Vec<Candidate> = early
-            .into_iter()
-            .filter(|c| wanted.contains(&c.spec.hash) && new.contains(&(c.source, &c.tag)))
-            .collect();
+        // The early candidates still wanted start the list, filtered in place.
+        let mut out = early;
+        out.retain(|c| wanted.contains(&c.spec.hash) && new.contains(&(c.source, &c.tag)));
         drop(new);
-        out.extend(early);
         for &s in &active {
             let tags: Vec<Tag> = {
                 let src = &self.sources[s];
@@ -122,11 +119,12 @@ impl Run<'_> {
             for t in &tags {
                 fetched.insert((s, t.clone()));
             }
-            let r = self.fetch_specs(s, tags).await;
-            let Some(got) = self.source_result(s, r)? else {
+            let r = self.fetch_specs(s, tags, true).await;
+            let Some((got, got_facts)) = self.source_result(s, r)? else {
                 continue;
             };
-            for c in got {
+            out.reserve_exact(got.len());
+            for (c, c_facts) in got.into_iter().zip(got_facts) {
                 if let Some(f) = facts.get(&c.spec.hash)
                     && (f.name != c.spec.name || f.version != c.spec.version)
                 {
@@ -137,7 +135,7 @@ impl Run<'_> {
                     self.fail_item(s, c.tag.as_str(), &msg)?;
                     continue;
                 }
-                learned.extend(facts_of(&mut self.blobs, &c));
+                learned.extend(c_facts);
                 out.push(c);
             }
         }
@@ -161,9 +159,9 @@ impl Run<'_> {
             self.sources[s].counts.specs_selected = n;
             self.counts.specs_selected += n;
             let tags = std::mem::take(&mut self.sources[s].to_fetch);
-            let r = self.fetch_specs(s, tags).await;
-            if let Some(got) = self.source_result(s, r)? {
-                out.extend(got);
+            let r = self.fetch_specs(s, tags, false).await;
+            if let Some((got, _)) = self.source_result(s, r)? {
+                append(&mut out, got);
             }
         }
         let mut wanted: HashSet<String> = owner.into_keys().collect();
@@ -252,11 +250,11 @@ impl Run<'_> {
                 "tags the registry's index does not list; reading their configs to select them"
             );
             fetched.extend(unknown.iter().map(|t| (s, t.clone())));
-            let r = self.fetch_specs(s, unknown).await;
-            let Some(got) = self.source_result(s, r)? else {
+            let r = self.fetch_specs(s, unknown, true).await;
+            let Some((got, got_facts)) = self.source_result(s, r)? else {
                 continue;
             };
-            let mut learned = Vec::new();
+            let learned: Vec<NodeFacts> = got_facts.into_iter().flatten().collect();
             let hashes: HashMap<&Tag, &String> =
                 got.iter().map(|c| (&c.tag, &c.spec.hash)).collect();
             for (t, h) in &mut self.sources[s].listed {
@@ -265,14 +263,11 @@ impl Run<'_> {
                 }
             }
             drop(hashes);
-            for c in &got {
-                learned.extend(facts_of(&mut self.blobs, c));
-            }
             self.remember_facts(&learned)?;
             for f in learned {
                 facts.insert(f.hash.clone(), f);
             }
-            early.extend(got);
+            append(&mut early, got);
         }
         Ok((early, fetched))
     }
@@ -412,21 +407,20 @@ impl Run<'_> {
 
 /// The facts of a spec's nodes, or none when its JSON cannot be read for them (the spec
 /// itself was checked when its config was parsed; this only feeds selection).
-fn spec_facts_or_none(spec_json: &str) -> Vec<NodeFacts> {
+pub(super) fn spec_facts_or_none(spec_json: &str) -> Vec<NodeFacts> {
     spack::spec_facts(spec_json).unwrap_or_else(|e| {
         tracing::debug!(error = %error_chain(&e), "spec facts unreadable");
         Vec::new()
     })
 }
 
-/// [`spec_facts_or_none`] of a candidate, whose JSON is held in its spec blob.
-fn facts_of(blobs: &mut spack::SpecBlobMaker, c: &Candidate) -> Vec<NodeFacts> {
-    match blobs.spec_json(&c.blob) {
-        Ok(json) => spec_facts_or_none(&json),
-        Err(e) => {
-            tracing::debug!(tag = %c.tag, error = %error_chain(&e), "spec facts unreadable");
-            Vec::new()
-        }
+/// Moves `more` to the end of `out`; into an empty `out` without copying, so thousands of
+/// candidates are never held twice.
+fn append(out: &mut Vec<Candidate>, mut more: Vec<Candidate>) {
+    if out.is_empty() {
+        *out = more;
+    } else {
+        out.append(&mut more);
     }
 }
 

@@ -85,31 +85,68 @@ impl Volumes {
     }
 
     /// What one candidate writes where: its spec blob and manifest under the root, its rows
-    /// in the ledger (WAL writes them twice), its tarball (shared, unless present) under the
-    /// root and in the staging directory.
-    fn claim(&self, c: &Candidate, present: &HashSet<Digest>) -> Claim {
+    /// in the ledger (WAL writes them twice), and its tarball (shared, unless present) under
+    /// the root and in the staging directory, apart with its digest.
+    fn costs<'c>(
+        &self,
+        c: &'c Candidate,
+        present: &HashSet<Digest>,
+    ) -> (Vec<u64>, Option<(&'c Digest, Vec<u64>)>) {
         let json = c.blob.json_len() as u64;
         let mut own = vec![0; self.filesystems.len()];
         // A spec blob is the gzip of the spec's JSON: no bigger than the JSON and a header.
         own[self.root] += plan::on_disk([json.saturating_add(64), SPEC_MANIFEST_BYTES]);
         own[self.state] += json.saturating_add(LEDGER_SPEC_BYTES).saturating_mul(2);
-        let d = &c.image.tarball;
-        let blobs = if present.contains(&d.digest) {
-            Vec::new()
-        } else {
-            let mut costs = vec![0; self.filesystems.len()];
-            costs[self.root] += plan::on_disk([d.size]);
-            if let Some(s) = self.staging {
-                costs[s] += plan::on_disk([d.size]);
-            }
-            vec![(d.digest.clone(), costs)]
-        };
+        let d = &c.tarball;
+        if present.contains(&d.digest) {
+            return (own, None);
+        }
+        let mut costs = vec![0; self.filesystems.len()];
+        costs[self.root] += plan::on_disk([d.size]);
+        if let Some(s) = self.staging {
+            costs[s] += plan::on_disk([d.size]);
+        }
+        (own, Some((&d.digest, costs)))
+    }
+
+    /// [`Self::costs`] as a claim of [`plan::fit`].
+    fn claim(&self, c: &Candidate, present: &HashSet<Digest>) -> Claim {
+        let (own, blob) = self.costs(c, present);
         Claim {
             key: c.spec.hash.clone(),
             needs: c.spec.requires.clone(),
             own,
-            blobs,
+            blobs: blob
+                .map(|(d, costs)| (d.clone(), costs))
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// What all the candidates write per filesystem with `reserved`, each tarball once.
+    fn total(
+        &self,
+        candidates: &[Candidate],
+        present: &HashSet<Digest>,
+        reserved: &[u64],
+    ) -> Vec<u64> {
+        let mut used = reserved.to_vec();
+        let add = |used: &mut Vec<u64>, costs: &[u64]| {
+            for (u, n) in used.iter_mut().zip(costs) {
+                *u = u.saturating_add(*n);
+            }
+        };
+        let mut counted: HashSet<&Digest> = HashSet::new();
+        for c in candidates {
+            let (own, blob) = self.costs(c, present);
+            add(&mut used, &own);
+            if let Some((d, costs)) = blob
+                && counted.insert(d)
+            {
+                add(&mut used, &costs);
+            }
+        }
+        used
     }
 }
 
@@ -150,11 +187,16 @@ impl Run<'_> {
             .fold(kept_json, u64::saturating_add);
         let mut reserved = vec![0; volumes.filesystems.len()];
         reserved[volumes.root] = plan::on_disk([json_total, SPEC_MANIFEST_BYTES]);
+        let available: Vec<u64> = volumes.filesystems.iter().map(|f| f.available).collect();
+        // The usual case, everything fits, is known from the totals: no claim per spec.
+        if plan::fits_whole(&volumes.total(&candidates, present, &reserved), &available) {
+            tracing::debug!(specs = candidates.len(), "free space checked: all fit");
+            return Ok(candidates);
+        }
         let claims: Vec<Claim> = candidates
             .iter()
             .map(|c| volumes.claim(c, present))
             .collect();
-        let available: Vec<u64> = volumes.filesystems.iter().map(|f| f.available).collect();
         let verdict = plan::fit(&claims, &reserved, &available);
         tracing::debug!(
             specs = claims.len(),
@@ -212,7 +254,7 @@ impl Run<'_> {
         // Filtered in place: a second vector of every candidate would double the peak.
         let mut absurd = Vec::new();
         candidates.retain(|c| {
-            let d = &c.image.tarball;
+            let d = &c.tarball;
             let limit = [
                 (MAX_DECLARED_BYTES, "spack-mirrord's limit for one blob"),
                 (root_total, "the whole filesystem of mirror.root"),

@@ -410,6 +410,9 @@ fn selection_reads_the_index_and_fetches_manifests_only_for_what_it_mirrors() {
     let env = Env::new(&front.url(repo));
     configure(&env, "include = [\"openmpi@5:\"]", "");
     synced(&env);
+    // The registry's index was read (staged) for its facts but lists more than the mirror:
+    // it is not copied, and nothing of it stays in the staging directory.
+    assert!(files_under(&env.state().join("tmp")).is_empty());
     let spec_tags: BTreeSet<&str> = c.specs.iter().map(|s| s.tag.as_str()).collect();
     let spec_manifest_gets = |front: &GhcrFront| -> BTreeSet<String> {
         front

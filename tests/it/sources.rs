@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 use spack_mirrord::demo;
 
-use crate::support::mirrord::{Env, check_mirror, push, read_json, text};
+use crate::support::mirrord::{Env, check_mirror, files_under, push, read_json, text};
 use crate::support::registry::TestRegistry;
 
 /// Env whose config lists `urls` as `[[sources]]`, named `a`, `b`, ….
@@ -76,6 +76,8 @@ fn two_sources_share_blobs_and_one_index_lists_their_union() {
     assert_eq!(source(&st, "b")["specs_total"], 5);
     assert_eq!(source(&st, "b")["specs_fetched"], 2);
     assert_eq!(source(&st, "b")["specs_published"], 2);
+    // Each registry index may have been read; neither is copied, and none stays staged.
+    assert!(files_under(&env.state().join("tmp")).is_empty());
 
     // Nothing changed: the settled fast path (no manifest of either source is asked for again,
     // nothing fetched), with each source's counts as the run that settled the mirror left them.

@@ -311,3 +311,43 @@ fn an_unchanged_mirror_takes_the_settled_fast_path_until_something_changes() {
     assert!(took_fast_path(&out), "{}", text(&out));
     check_mirror(&env.root(), &all);
 }
+
+#[test]
+fn the_registry_index_is_copied_through_staging_and_a_lost_copy_comes_back_with_full() {
+    let reg = TestRegistry::shared();
+    let repo = "e2e/index-copy";
+    let cache = push_generated(&reg.url(repo), 4, 20_000, 117);
+    let front = GhcrFront::start(reg.addr(), FrontOptions::default());
+    let env = Env::new(&front.url(repo));
+    let index = cache
+        .images
+        .iter()
+        .find(|i| i.tag == "index.spack")
+        .unwrap();
+    let digest = index.layers[0].clone();
+    let index_gets = |front: &GhcrFront| {
+        front
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/blobs/{digest}")))
+            .count()
+    };
+    let out = env.sync();
+    assert!(out.status.success(), "{}", text(&out));
+    check_mirror(&env.root(), &spec_refs(&cache));
+    let path = blob(&env.root(), digest.hex());
+    assert_eq!(std::fs::read(&path).unwrap(), cache.blobs[&digest].data);
+    assert_eq!(index_gets(&front), 1, "{:?}", front.requests());
+    assert!(files_under(&env.state().join("tmp")).is_empty());
+
+    // Lost behind the daemon's back: the ledger knows the registry's index, so a full run
+    // does not read it for facts again, and streams the blob again only to publish it.
+    std::fs::remove_file(&path).unwrap();
+    front.clear_requests();
+    let out = env.run(&["sync", "--now", "--full"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(&path).unwrap(), cache.blobs[&digest].data);
+    assert_eq!(index_gets(&front), 1, "{:?}", front.requests());
+    check_mirror(&env.root(), &spec_refs(&cache));
+    assert!(files_under(&env.state().join("tmp")).is_empty());
+}

@@ -12,9 +12,11 @@ use crate::error::{Failure, Scope};
 use crate::model::{Digest, KnownTag, ListedKind, Tag};
 use crate::plan;
 use crate::registry::RegistryClient;
+use crate::spack::facts::NodeFacts;
 use crate::spack::{self, ConfigVerdict};
 use crate::store::SpecRow;
-use crate::sync::{BlobError, Candidate, Run};
+use crate::sync::batch::BATCH_FILES;
+use crate::sync::{BlobError, Candidate, HeldBlob, Run};
 
 /// Largest config blob accepted (a spec with its whole DAG).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
@@ -173,13 +175,17 @@ impl Run<'_> {
         Ok(changed)
     }
 
-    /// Manifests and configs of the tags to fetch, checked against each other.
+    /// Manifests and configs of the tags to fetch, checked against each other. With `learn`,
+    /// the facts each spec's JSON gives, in the same order (read before the JSON is packed
+    /// away); otherwise none.
     pub(in crate::sync) async fn fetch_specs(
         &mut self,
         src: usize,
         tags: Vec<Tag>,
-    ) -> Result<Vec<Candidate>, Failure> {
+        learn: bool,
+    ) -> Result<(Vec<Candidate>, Vec<Vec<NodeFacts>>), Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
+        let wanted = tags.len();
         let mut results = futures_util::stream::iter(tags)
             .map(move |tag| {
                 let registry = Arc::clone(&registry);
@@ -189,7 +195,11 @@ impl Run<'_> {
                 }
             })
             .buffer_unordered(self.config.max_concurrency);
-        let mut out = Vec::new();
+        // Sized once: grown by doubling, the vector of thousands would be copied as it grows
+        // and end with up to twice the room it needs.
+        let mut out = Vec::with_capacity(wanted);
+        let mut facts = Vec::new();
+        let mut unstaged = 0;
         while let Some(Some((tag, r))) = self.cancel.run_until_cancelled(results.next()).await {
             match r {
                 Ok(Fetched::Spec(f)) => {
@@ -198,23 +208,59 @@ impl Run<'_> {
                         image,
                         mut spec,
                     } = *f;
-                    // Held as its spec blob until it is published.
-                    let blob = self.blobs.make(&std::mem::take(&mut spec.spec_json));
+                    let json = std::mem::take(&mut spec.spec_json);
+                    if learn {
+                        facts.push(super::super::select::spec_facts_or_none(&json));
+                    }
+                    let blob = HeldBlob::Memory(self.blobs.make(&json));
+                    drop(json);
                     out.push(Candidate {
                         source: src,
                         tag,
                         manifest_digest,
-                        image,
-                        spec,
+                        tarball: image.tarball,
+                        spec: spec.into(),
                         blob,
                     });
+                    unstaged += 1;
+                    if unstaged >= BATCH_FILES {
+                        self.stage_blobs(&mut out).await?;
+                        unstaged = 0;
+                    }
                 }
                 Ok(Fetched::Skip(reason)) => self.skip_item(src, tag.as_str(), &reason)?,
                 Err(f) if f.scope == Scope::Item => self.fail_item_with(src, tag.as_str(), &f)?,
                 Err(f) => return Err(f),
             }
         }
-        Ok(out)
+        self.stage_blobs(&mut out).await?;
+        Ok((out, facts))
+    }
+
+    /// Stages the spec blobs the candidates still hold in memory, newest first, as one batch;
+    /// a dry run keeps them.
+    async fn stage_blobs(&mut self, out: &mut [Candidate]) -> Result<(), Failure> {
+        if self.dry_run || self.mirror.staging().is_none() {
+            return Ok(());
+        }
+        let mut held: Vec<&mut Candidate> = out
+            .iter_mut()
+            .rev()
+            .take_while(|c| matches!(c.blob, HeldBlob::Memory(_)))
+            .collect();
+        let mut files = Vec::with_capacity(held.len());
+        let mut json_lens = Vec::with_capacity(held.len());
+        for c in &mut held {
+            if let HeldBlob::Memory(b) = c.blob.placed() {
+                json_lens.push(b.json_len());
+                files.push((spack::blob_path(b.digest()), b.into_bytes()));
+            }
+        }
+        let staged = self.mirror.stage_files(files).await?;
+        for ((c, file), json_len) in held.into_iter().zip(staged).zip(json_lens) {
+            c.blob = HeldBlob::Staged { file, json_len };
+        }
+        Ok(())
     }
 }
 
