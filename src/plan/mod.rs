@@ -16,7 +16,7 @@ pub use prune::{PrunePlan, Unwanted, plan_prune, protect_requires, pruned_files}
 pub use select::{Closure, Dependencies, closure};
 pub use space::{
     BLOCK, Claim, Fit, MIN_MARGIN, NoRoom, SpaceDemand, SpaceShortfall, check_space, fit,
-    fits_whole, on_disk, space_margin,
+    fits_whole, on_disk, space_margin, total_use,
 };
 
 /// What to do with the registry's tags.

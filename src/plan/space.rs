@@ -159,20 +159,13 @@ pub fn fit(claims: &[Claim], reserved: &[u64], available: &[u64]) -> Fit {
             continue;
         }
         let mut after = used.clone();
-        let add = |after: &mut Vec<u64>, costs: &[u64]| {
-            for (v, n) in costs.iter().enumerate() {
-                if let Some(u) = after.get_mut(v) {
-                    *u = u.saturating_add(*n);
-                }
-            }
-        };
-        add(&mut after, &c.own);
+        add_costs(&mut after, &c.own);
         let new_blobs: Vec<&Digest> = c
             .blobs
             .iter()
             .filter(|(d, _)| !counted.contains(d))
             .map(|(d, costs)| {
-                add(&mut after, costs);
+                add_costs(&mut after, costs);
                 d
             })
             .collect();
@@ -195,6 +188,32 @@ pub fn fit(claims: &[Claim], reserved: &[u64], available: &[u64]) -> Fit {
         }
     }
     out
+}
+
+/// Adds `costs` to `used`, volume by volume.
+fn add_costs(used: &mut [u64], costs: &[u64]) {
+    for (u, n) in used.iter_mut().zip(costs) {
+        *u = u.saturating_add(*n);
+    }
+}
+
+/// What [`fit`] would use per volume if it took every claim, each given as its own costs and
+/// its shared blob (counted once), on top of `reserved`; without building the claims.
+pub fn total_use<'a>(
+    reserved: &[u64],
+    costs: impl IntoIterator<Item = (Vec<u64>, Option<(&'a Digest, Vec<u64>)>)>,
+) -> Vec<u64> {
+    let mut used = reserved.to_vec();
+    let mut counted: HashSet<&Digest> = HashSet::new();
+    for (own, blob) in costs {
+        add_costs(&mut used, &own);
+        if let Some((d, blob_costs)) = blob
+            && counted.insert(d)
+        {
+            add_costs(&mut used, &blob_costs);
+        }
+    }
+    used
 }
 
 /// Whether claims totalling `used` per volume all fit, margin included. When they do,
@@ -361,6 +380,12 @@ mod tests {
             },
         ];
         let total = [3 * MIB, MIB];
+        let t = Digest::of(b"t");
+        let costs = [
+            (vec![MIB, MIB / 2], Some((&t, vec![MIB, 0]))),
+            (vec![MIB, MIB / 2], Some((&t, vec![MIB, 0]))),
+        ];
+        assert_eq!(total_use(&[0, 0], costs), total, "the shared blob once");
         for (free, all) in [
             ([4 * MIB, 2 * MIB], true),
             ([4 * MIB - 1, 2 * MIB], false),

@@ -55,23 +55,6 @@ pub(super) fn index_listing(
     (listed, Digest::from_hash(inputs.finalize().as_slice()))
 }
 
-/// The registry's index blob as fetched in this run, until it is published or not needed.
-pub(super) enum HeldIndex {
-    /// Verified in the staging directory; none of it is held in memory.
-    Staged(StagedFile),
-    /// In memory: a dry run stages nothing.
-    Bytes(Vec<u8>),
-}
-
-impl HeldIndex {
-    fn digest(&self) -> Digest {
-        match self {
-            Self::Staged(f) => f.digest().clone(),
-            Self::Bytes(b) => Digest::of(b),
-        }
-    }
-}
-
 fn entry(name: &str, version: &str) -> IndexEntry {
     IndexEntry {
         name: name.to_owned(),
@@ -81,7 +64,7 @@ fn entry(name: &str, version: &str) -> IndexEntry {
 
 impl Run<'_> {
     /// Refreshes what the ledger knows of the registry's `index.spack` when its manifest
-    /// changed; returns the blob bytes when they were fetched in this run. An index that
+    /// changed, keeping its staged blob when it was fetched in this run. An index that
     /// cannot be read is logged and the mirror's own is synthesized.
     pub(super) async fn refresh_registry_index(&mut self, src: usize) -> Result<(), Failure> {
         if std::mem::replace(&mut self.sources[src].index_checked, true) {
@@ -94,8 +77,9 @@ impl Run<'_> {
     /// [`Self::refresh_registry_index`] itself. When the blob was fetched, the facts of every
     /// node it records are kept for selection. The blob is streamed into the staging
     /// directory and read back only while it is parsed, so the run does not hold it (it can
-    /// be tens of MB) until the index is published; a dry run, which writes nothing, holds it.
-    async fn fetch_registry_index(&mut self, src: usize) -> Result<Option<HeldIndex>, Failure> {
+    /// be tens of MB) until the index is published; a dry run, which publishes nothing, keeps
+    /// only what it learned.
+    async fn fetch_registry_index(&mut self, src: usize) -> Result<Option<StagedFile>, Failure> {
         let registry = Arc::clone(&self.sources[src].registry);
         let name = self.sources[src].config.name.clone();
         let (manifest, digest) = match registry.fetch_manifest(spack::INDEX_TAG).await {
@@ -152,10 +136,7 @@ impl Run<'_> {
                 problem,
             },
         )?;
-        Ok(Some(match staged {
-            Some(file) => HeldIndex::Staged(file),
-            None => HeldIndex::Bytes(blob),
-        }))
+        Ok(staged)
     }
 
     /// The registry's index blob, verified, with its staged file where the mirror can stage
@@ -244,7 +225,7 @@ impl Run<'_> {
                 IndexSource::Registry { blob, size } => {
                     let path = spack::blob_path(&blob);
                     if !self.is_intact(&path)? {
-                        let held = fetched.take().filter(|h| h.digest() == blob);
+                        let held = fetched.take().filter(|f| *f.digest() == blob);
                         self.publish_registry_blob(held, &blob, size, &path).await?;
                     }
                     (blob, size, None, "registry")
@@ -314,34 +295,26 @@ impl Run<'_> {
     /// streamed from the registry now (the ledger knew it, the mirror lost it).
     async fn publish_registry_blob(
         &mut self,
-        held: Option<HeldIndex>,
+        held: Option<StagedFile>,
         digest: &Digest,
         size: u64,
         path: &str,
     ) -> Result<(), Failure> {
-        let staged = match held {
-            Some(HeldIndex::Bytes(bytes)) => {
-                self.mirror.write_file(path, &bytes).await?;
-                None
-            }
-            Some(HeldIndex::Staged(file)) => Some(file),
-            None => {
-                let d = Descriptor {
-                    digest: digest.clone(),
-                    size,
-                    media_type: spack::MEDIA_INDEX.to_owned(),
-                };
-                let registry = Arc::clone(&self.sources[0].registry);
-                let download = super::download::download_temp(&registry, &self.mirror, &d, path);
-                let file = Box::pin(download)
-                    .await
-                    .map_err(|f| Failure::run(*f.cause))?;
-                Some(file)
-            }
+        let file = if let Some(file) = held {
+            file
+        } else {
+            let d = Descriptor {
+                digest: digest.clone(),
+                size,
+                media_type: spack::MEDIA_INDEX.to_owned(),
+            };
+            let registry = Arc::clone(&self.sources[0].registry);
+            let download = super::download::download_temp(&registry, &self.mirror, &d, path);
+            Box::pin(download)
+                .await
+                .map_err(|f| Failure::run(*f.cause))?
         };
-        if let Some(file) = staged {
-            self.mirror.publish_batch(vec![file]).await?;
-        }
+        self.mirror.publish_batch(vec![file]).await?;
         self.record_file(path, FileKind::IndexBlob, digest, size)
     }
 

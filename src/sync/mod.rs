@@ -196,7 +196,7 @@ struct SourceState {
     listing_digest: Option<Digest>,
     /// Whether its `index.spack` was looked at in this run, and its blob if it was fetched.
     index_checked: bool,
-    index_blob: Option<index::HeldIndex>,
+    index_blob: Option<StagedFile>,
 }
 
 #[expect(

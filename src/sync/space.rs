@@ -122,32 +122,6 @@ impl Volumes {
                 .collect(),
         }
     }
-
-    /// What all the candidates write per filesystem with `reserved`, each tarball once.
-    fn total(
-        &self,
-        candidates: &[Candidate],
-        present: &HashSet<Digest>,
-        reserved: &[u64],
-    ) -> Vec<u64> {
-        let mut used = reserved.to_vec();
-        let add = |used: &mut Vec<u64>, costs: &[u64]| {
-            for (u, n) in used.iter_mut().zip(costs) {
-                *u = u.saturating_add(*n);
-            }
-        };
-        let mut counted: HashSet<&Digest> = HashSet::new();
-        for c in candidates {
-            let (own, blob) = self.costs(c, present);
-            add(&mut used, &own);
-            if let Some((d, costs)) = blob
-                && counted.insert(d)
-            {
-                add(&mut used, &costs);
-            }
-        }
-        used
-    }
 }
 
 impl Run<'_> {
@@ -189,7 +163,8 @@ impl Run<'_> {
         reserved[volumes.root] = plan::on_disk([json_total, SPEC_MANIFEST_BYTES]);
         let available: Vec<u64> = volumes.filesystems.iter().map(|f| f.available).collect();
         // The usual case, everything fits, is known from the totals: no claim per spec.
-        if plan::fits_whole(&volumes.total(&candidates, present, &reserved), &available) {
+        let costs = candidates.iter().map(|c| volumes.costs(c, present));
+        if plan::fits_whole(&plan::total_use(&reserved, costs), &available) {
             tracing::debug!(specs = candidates.len(), "free space checked: all fit");
             return Ok(candidates);
         }
