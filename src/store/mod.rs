@@ -353,6 +353,37 @@ mod tests {
         }
     }
 
+    /// A batch's write transaction holds no reader up: `status` opening the ledger while a sync
+    /// is between BEGIN and COMMIT reads the last committed state at once (a blocked reader
+    /// would wait out its busy timeout and fail), and the batch's rows after the commit.
+    #[test]
+    fn a_reader_is_not_held_up_by_an_open_batch_and_sees_it_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Store::open(dir.path()).unwrap();
+        let run = writer
+            .start_run(crate::model::Trigger::Manual, 1, 1, |_| true)
+            .unwrap();
+        let row = |path: &str| crate::model::FileRow {
+            path: path.to_owned(),
+            kind: crate::model::FileKind::Tarball,
+            digest: d(path),
+            size: 10,
+        };
+        writer.record_file(run, &row("blobs/a"), 1).unwrap();
+
+        writer.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for path in ["blobs/b", "blobs/c"] {
+            published::insert_file(&writer.conn, run, &row(path), 2).unwrap();
+        }
+        let reader = Store::open_read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(reader.mirror_totals().unwrap(), (0, 10));
+        drop(reader);
+
+        writer.conn.execute_batch("COMMIT").unwrap();
+        let reader = Store::open_read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(reader.mirror_totals().unwrap(), (0, 30));
+    }
+
     #[test]
     fn read_only_open_of_a_missing_ledger_is_none() {
         let dir = tempfile::tempdir().unwrap();
