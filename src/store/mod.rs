@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn a_reader_is_not_held_up_by_an_open_batch_and_sees_it_once_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = Store::open(dir.path()).unwrap();
+        let writer = Store::open(dir.path()).unwrap();
         let run = writer
             .start_run(crate::model::Trigger::Manual, 1, 1, |_| true)
             .unwrap();
