@@ -315,6 +315,16 @@ mod tests {
         Digest::of(text.as_bytes())
     }
 
+    /// A tarball row at `path` for test ledgers.
+    pub(super) fn file(path: &str, size: u64) -> FileRow {
+        FileRow {
+            path: path.to_owned(),
+            kind: crate::model::FileKind::Tarball,
+            digest: d("a"),
+            size,
+        }
+    }
+
     /// Two first runs (`sync --now` and a starting daemon) open the ledger before either holds
     /// the run lock: each must wait for the other's WAL switch and migration, not fail.
     #[test]
@@ -353,34 +363,31 @@ mod tests {
         }
     }
 
-    /// A batch's write transaction holds no reader up: `status` opening the ledger while a sync
-    /// is between BEGIN and COMMIT reads the last committed state at once (a blocked reader
-    /// would wait out its busy timeout and fail), and the batch's rows after the commit.
+    /// WAL keeps `status` and a sync's batches out of each other's way: a reader opening the
+    /// ledger while a batch is between BEGIN and COMMIT reads the last committed state at once,
+    /// the batch then commits while that reader still holds its read (in rollback-journal mode
+    /// the commit waits for the reader's lock and fails busy), the reader's snapshot stays as it
+    /// began, and its next read sees the batch.
     #[test]
-    fn a_reader_is_not_held_up_by_an_open_batch_and_sees_it_once_committed() {
+    fn a_batch_commits_while_a_reader_holds_its_snapshot_and_neither_waits() {
         let dir = tempfile::tempdir().unwrap();
         let writer = Store::open(dir.path()).unwrap();
         let run = writer
             .start_run(crate::model::Trigger::Manual, 1, 1, |_| true)
             .unwrap();
-        let row = |path: &str| crate::model::FileRow {
-            path: path.to_owned(),
-            kind: crate::model::FileKind::Tarball,
-            digest: d(path),
-            size: 10,
-        };
-        writer.record_file(run, &row("blobs/a"), 1).unwrap();
+        writer.record_file(run, &file("blobs/a", 10), 1).unwrap();
 
         writer.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         for path in ["blobs/b", "blobs/c"] {
-            published::insert_file(&writer.conn, run, &row(path), 2).unwrap();
+            published::insert_file(&writer.conn, run, &file(path, 10), 2).unwrap();
         }
         let reader = Store::open_read_only(dir.path()).unwrap().unwrap();
+        reader.conn.execute_batch("BEGIN").unwrap();
         assert_eq!(reader.mirror_totals().unwrap(), (0, 10));
-        drop(reader);
 
         writer.conn.execute_batch("COMMIT").unwrap();
-        let reader = Store::open_read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(reader.mirror_totals().unwrap(), (0, 10));
+        reader.conn.execute_batch("COMMIT").unwrap();
         assert_eq!(reader.mirror_totals().unwrap(), (0, 30));
     }
 

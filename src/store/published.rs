@@ -480,18 +480,9 @@ pub(super) fn insert_file(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::d;
+    use super::super::tests::{d, file};
     use super::*;
     use crate::model::{FileKind, ListedKind, Trigger};
-
-    fn file(path: &str, size: u64) -> FileRow {
-        FileRow {
-            path: path.to_owned(),
-            kind: FileKind::Tarball,
-            digest: d("a"),
-            size,
-        }
-    }
 
     #[test]
     fn oras_artifacts_remember_their_digest_and_paths_per_source() {
